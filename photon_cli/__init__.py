@@ -1,0 +1,3 @@
+"""photon: run and train PHOTON hierarchical language models for long-document work."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,181 @@
+"""LLaMA-style building blocks shared by PHOTON and the vanilla baseline.
+
+Pre-RMSNorm blocks, SwiGLU MLP, rotary position embeddings, full multi-head attention
+(kv heads = heads), a final RMSNorm per stack, no biases inside blocks.
+Shapes: B batch, T positions, H heads, K head dim, D width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from photon_cli.kv_cache import StackCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32: bf16 sums of squares lose too much precision.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def rope_angles(positions: Tensor, head_dim: int, base: float, scale: float) -> tuple[Tensor, Tensor]:
+    """Return (cos, sin) of shape (T, K/2) for integer positions, computed in float32.
+
+    Angles are built from float32 positions on every call, never from a table in the model's
+    dtype: bf16 cannot represent integers above 256 exactly and would merge nearby positions.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                             dtype=torch.float32) / head_dim))
+    angles = (positions.to(torch.float32) / scale)[:, None] * inv_freq[None, :]  # (T, K/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, H, T, K) by the angles (T, K/2), pairing dimension i with i + K/2."""
+    x32 = x.float()
+    half = x.shape[-1] // 2
+    x1, x2 = x32[..., :half], x32[..., half:]
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.to(x.dtype)
+
+
+def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
+    """Bottom-right aligned causal mask (queries are the last n_queries of n_keys positions).
+
+    `scaled_dot_product_attention(is_causal=True)` aligns top-left, which is wrong whenever
+    several positions are appended to a non-empty cache at once.
+    """
+    offset = n_keys - n_queries
+    rows = torch.arange(n_queries, device=device)[:, None]
+    cols = torch.arange(n_keys, device=device)[None, :]
+    return cols <= rows + offset  # (n_queries, n_keys) bool, True = may attend
+
+
+def prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention over a shared batch-1 prefix (1, H, P, K) followed by each row's own keys.
+
+    The B query rows are folded into the matrix dimension so the prefix is read once per head
+    and never copied B times. Own keys are masked causally, bottom-right aligned.
+    """
+    B, H, T, K = q.shape
+    P, n = prefix_k.shape[2], k.shape[2]
+    scale = K ** -0.5
+    q_rows = q.permute(1, 0, 2, 3).reshape(H, B * T, K)  # (H, B*T, K)
+    prefix_scores = torch.matmul(q_rows, prefix_k[0].transpose(-1, -2)) * scale  # (H, B*T, P)
+    own_scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, n)
+    own_scores = own_scores.masked_fill(~causal_mask(T, n, q.device), float("-inf"))
+    own_scores = own_scores.permute(1, 0, 2, 3).reshape(H, B * T, n)
+    probs = torch.cat([prefix_scores, own_scores], dim=-1).float().softmax(-1).to(q.dtype)
+    out = torch.matmul(probs[..., :P], prefix_v[0])  # (H, B*T, K)
+    own_v = v.permute(1, 0, 2, 3)  # (H, B, n, K)
+    own_probs = probs[..., P:].reshape(H, B, T, n)
+    out = out + torch.matmul(own_probs, own_v).reshape(H, B * T, K)
+    return out.reshape(H, B, T, K).permute(1, 0, 2, 3)  # (B, H, T, K)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, rope_base: float, rope_scale: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.rope_base = rope_base
+        self.rope_scale = rope_scale
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, d_model, bias=False)
+        self.wv = nn.Linear(d_model, d_model, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache=None) -> Tensor:
+        B, T, D = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, K)
+        k = self.wk(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if getattr(cache, "prefix_k", None) is not None:
+            k, v = cache.append(k, v)  # own positions only: (B, H, n, K)
+            out = prefix_attention(q, cache.prefix_k, cache.prefix_v, k, v)
+            return self.wo(out.transpose(1, 2).reshape(B, T, D))
+
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, past + T, K)
+        if T == 1:
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif past == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            mask = causal_mask(T, past + T, x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        return self.wo(out)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, d_ff, bias=False)
+        self.w_up = nn.Linear(d_model, d_ff, bias=False)
+        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, rope_base: float, rope_scale: float,
+                 eps: float):
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model, eps)
+        self.attn = Attention(d_model, n_heads, rope_base, rope_scale)
+        self.mlp_norm = RMSNorm(d_model, eps)
+        self.mlp = SwiGLU(d_model, d_ff)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache=None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerStack(nn.Module):
+    """A causal stack of blocks with a final RMSNorm.
+
+    RoPE positions continue from the cache length, so a stack run with a cache sees the same
+    positions as one run over the whole sequence.
+    """
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, rope_base: float,
+                 rope_scale: float, eps: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.rope_base = rope_base
+        self.rope_scale = rope_scale
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, d_ff, rope_base, rope_scale, eps) for _ in range(n_layers)
+        )
+        self.norm = RMSNorm(d_model, eps)
+
+    def forward(self, x: Tensor, cache: StackCache | None = None) -> Tensor:
+        start = 0 if cache is None else cache.length
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        cos, sin = rope_angles(positions, self.head_dim, self.rope_base, self.rope_scale)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if cache is None else cache.layers[i])
+        return self.norm(x)
+
+    def new_cache(self, batch: int, capacity: int = 64, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> StackCache:
+        return StackCache.allocate(len(self.blocks), batch, self.n_heads, self.head_dim,
+                                   capacity, dtype, device)
+
+    def new_training_cache(self) -> StackCache:
+        return StackCache.for_training(len(self.blocks))
