@@ -1,0 +1,1 @@
+"""Corpus fetching, extraction, splitting and tokenization."""
