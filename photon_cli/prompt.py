@@ -1,0 +1,57 @@
+"""The prompt format that joins a document and a question; defined here and nowhere else.
+
+    <|document|> DOCUMENT <|pad|> x p <|question|> QUESTION <|answer|> ANSWER <|endoftext|>
+
+p >= 0 padding tokens go between the document and the question so that the prompt ends exactly
+on a meta-context boundary (a multiple of U = prod C_l tokens). PHOTON's first generated
+meta-context is forecast from the top-level state of the last whole meta-context, so this is
+what lets the whole question condition the first answer chunk. Padding is a dedicated special
+token placed before the question, never a real token after it. The document's own tokens do not
+depend on the question, so a cached document serves every question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from photon_cli.tokenizer import SPECIAL_TOKEN_IDS, SPECIAL_TOKENS
+
+EOS_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["eos"]]
+PAD_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["pad"]]
+DOCUMENT_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["document"]]
+QUESTION_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["question"]]
+ANSWER_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["answer"]]
+
+
+def document_tokens(text_ids: list[int]) -> list[int]:
+    """The document part of the prompt: <|document|> followed by the document's token ids."""
+    return [DOCUMENT_ID] + list(text_ids)
+
+
+def question_tokens(document_length: int, question_ids: list[int], unit: int) -> list[int]:
+    """Padding + <|question|> QUESTION <|answer|>, sized so that the prompt ends on a multiple
+    of `unit` tokens when it follows `document_length` document-part tokens."""
+    body = [QUESTION_ID] + list(question_ids) + [ANSWER_ID]
+    padding = (-(document_length + len(body))) % unit
+    return [PAD_ID] * padding + body
+
+
+@dataclass(frozen=True)
+class QAPrompt:
+    document: list[int]  # <|document|> + document ids
+    query: list[int]  # padding + <|question|> question <|answer|>
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.document + self.query
+
+
+def build_prompt(document_ids: list[int], question_ids: list[int], unit: int) -> QAPrompt:
+    document = document_tokens(document_ids)
+    return QAPrompt(document, question_tokens(len(document), question_ids, unit))
+
+
+def training_sample(document_ids: list[int], question_ids: list[int], answer_ids: list[int],
+                    unit: int) -> list[int]:
+    """One QA training sample in the exact format `ask` uses, answer and <|endoftext|> included."""
+    return build_prompt(document_ids, question_ids, unit).tokens + list(answer_ids) + [EOS_ID]
