@@ -286,10 +286,10 @@ def train(cfg: TrainConfig, on_metrics=None) -> Path:
             if rank == 0:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-                if on_metrics:
-                    on_metrics(record)
                 if step % cfg.checkpoint_every == 0 or last:
                     save_checkpoint(checkpoint_path, model, optimizer, step, state)
+                if on_metrics:
+                    on_metrics(record)
             if timed_out:
                 log.info("stopping at step %d: max_minutes %.1f reached", step, cfg.max_minutes)
                 break
