@@ -55,7 +55,10 @@ def evaluate_qa(engine: Engine, records: Iterable[dict], mode: str, max_new_toke
         options = SamplingOptions(max_tokens=min(max_new_tokens, reference_tokens + 16))
         answer = engine.answer(session, record["question"], options, mode)
         exact, contains = score(answer.text, record["answer"])
-        row = {"id": record.get("id"), "kind": record.get("kind"), "distance": record["distance_tokens"],
+        # Group by the requested distance; distance_tokens is the measured one (padding included).
+        distance = record.get("target_distance", record["distance_tokens"])
+        row = {"id": record.get("id"), "kind": record.get("kind"), "distance": distance,
+               "distance_tokens": record["distance_tokens"],
                "document_tokens": len(session.doc_ids), "prediction": answer.text,
                "reference": record["answer"], "exact": exact, "contains": contains}
         rows.append(row)
