@@ -11,7 +11,7 @@ from rich.table import Table
 
 
 def environment() -> dict:
-    """The machine and build the figures were measured on."""
+    """Describe the machine and torch build that the figures were measured on."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cpu = platform.processor() or platform.machine()
     try:

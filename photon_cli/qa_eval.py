@@ -1,6 +1,6 @@
 """Document question answering evaluation on held-out documents (`photon eval-qa`).
 
-Each record holds a document excerpt, a question whose answer is written in the excerpt, and
+Each record contains a document excerpt, a question whose answer is written in the excerpt, and
 the distance in tokens between that fact and the question. Answers are decoded greedily and
 scored by exact match and by whether the reference answer is contained in the output, both
 after lower-casing and collapsing punctuation and whitespace.
@@ -45,7 +45,7 @@ def read_records(path: Path) -> list[dict]:
 
 def evaluate_qa(engine: Engine, records: Iterable[dict], mode: str, max_new_tokens: int = 48,
                 on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Answer every record greedily; return one row per record with the prediction and scores."""
+    """Decode an answer to every record greedily; return one row per record with its scores."""
     rows = []
     for record in records:
         text = record["document"]

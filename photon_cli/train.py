@@ -1,9 +1,10 @@
 """Trainer for PHOTON and the vanilla baseline.
 
-Streams random windows from a packed uint16 token file, AdamW with linear warm-up and cosine
-decay to `min_lr_ratio` of the peak, gradient clipping, bf16 autocast, periodic validation
-(token loss, L_rec, loss per slot of the meta-context) and checkpoints that resume exactly:
-the batch drawn at step s depends only on (seed, s, rank), so no loader state needs saving.
+The trainer streams random windows from a packed uint16 token file. It uses AdamW with linear
+warm-up and cosine decay to `min_lr_ratio` of the peak, gradient clipping and bf16 autocast.
+It validates periodically (token loss, L_rec, loss per slot of the meta-context). Checkpoints
+resume exactly because the batch drawn at step s depends only on (seed, s, rank), so no loader
+state needs saving.
 Runs under `torchrun` with DistributedDataParallel (gloo on CPU, nccl on CUDA).
 """
 
@@ -76,7 +77,8 @@ class TokenWindows:
             return torch.empty(0, context, dtype=torch.long)
         limit = len(self.tokens) - context
         if limit <= 0:
-            raise ValueError(f"token file holds {len(self.tokens)} tokens, fewer than context {context}")
+            raise ValueError(f"token file contains {len(self.tokens)} tokens, fewer than the context "
+                             f"{context}; use a smaller --context or a larger corpus")
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 4099 + rank)
         starts = torch.randint(0, limit, (batch_size,), generator=generator).tolist()
         rows = [np.asarray(self.tokens[s:s + context], dtype=np.int64) for s in starts]
@@ -99,7 +101,8 @@ class TokenRows:
             raise FileNotFoundError(f"mix file {path} not found")
         tokens = np.memmap(path, dtype=np.uint16, mode="r")
         if len(tokens) % context:
-            raise ValueError(f"mix file {path} holds {len(tokens)} tokens, not whole rows of {context}")
+            raise ValueError(f"mix file {path} contains {len(tokens)} tokens, not whole rows of "
+                             f"{context}; build it with the same --context")
         self.rows = tokens.reshape(-1, context)
 
     def batch(self, step: int, rank: int, batch_size: int, seed: int) -> torch.Tensor:
