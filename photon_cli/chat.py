@@ -1,7 +1,9 @@
 """`photon chat`: a prompt_toolkit shell that answers questions about one loaded document.
 
 Each question is answered independently against the document (the model was trained on
-single-question prompts), so earlier turns are shown but not fed back to the model.
+single-question prompts), so earlier turns are kept for /history but not fed back to the model.
+Everything runs on the main thread: Ctrl+C raises KeyboardInterrupt in the decoding loop, which
+stops after the current meta-context, and no thread keeps computing afterwards.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ HELP = """commands:
                     max_tokens, stop (comma-separated), mode (recgen or hiergen)
   /show             model, document, cache and settings
   /stats            statistics of the last answer
+  /history          the questions and answers of this session
   /help             this list
   /exit             quit (or Ctrl+D)
-End a line with \\ to continue the question on the next line. Ctrl+C stops an answer."""
+End a line with \\ to continue the question on the next line. Ctrl+C stops an answer
+(the partial answer is kept, marked as interrupted)."""
 
 
 def history_path() -> Path:
@@ -49,6 +53,7 @@ class ChatShell:
         self.out = out_stream or sys.stdout
         self.session: Session | None = None
         self.last: Answer | None = None
+        self.turns: list[tuple[str, Answer]] = []  # (question, answer) of this document
         store = InMemoryHistory()
         if history:
             path = history_path()
@@ -74,7 +79,8 @@ class ChatShell:
             self.say("loading interrupted; no document loaded")
             return
         s = self.session
-        self.say(f"loaded {s.document.name}: {len(s.doc_ids):,} tokens, cache {s.cache_status}")
+        self.turns = []
+        self.say(f"loaded {s.document.name}: {len(s.doc_ids):,} tokens, cache {s.cache_summary}")
 
     def read_question(self) -> str:
         lines = [self.prompt.prompt("> ")]
@@ -107,7 +113,10 @@ class ChatShell:
             self.say("no document loaded; use /load FILE")
             return
 
+        shown: list[str] = []
+
         def show(piece: str) -> None:
+            shown.append(piece)
             self.out.write(piece)
             self.out.flush()
 
@@ -117,11 +126,13 @@ class ChatShell:
             self.say(f"error: {error}")
             return
         except KeyboardInterrupt:
-            answer = Answer(finish_reason="interrupted")
+            # Ctrl+C outside the decoding loop (query encoding, text output): keep what was shown.
+            answer = Answer(text="".join(shown), finish_reason="interrupted")
         self.out.write("\n")
         self.out.flush()
         if answer.finish_reason == "interrupted":
             self.say("[answer interrupted]")
+        self.turns.append((question, answer))
         self.last = answer
 
     def command(self, text: str) -> str | None:
@@ -137,8 +148,10 @@ class ChatShell:
             else:
                 self.load(rest)
         elif name == "/reset":
-            self.session, self.last = None, None
+            self.session, self.last, self.turns = None, None, []
             self.say("document unloaded")
+        elif name == "/history":
+            self.history()
         elif name == "/set":
             self.set_option(rest)
         elif name == "/show":
@@ -182,13 +195,20 @@ class ChatShell:
             return
         self.say(f"{key} = {parsed!r}")
 
+    def history(self) -> None:
+        if not self.turns:
+            self.say("no questions yet")
+        for number, (question, answer) in enumerate(self.turns, 1):
+            mark = " [interrupted]" if answer.finish_reason == "interrupted" else ""
+            self.say(f"{number}. > {question}\n{answer.text}{mark}")
+
     def show(self) -> None:
         info = self.engine.describe()
         self.say(f"model: {info['weights']} ({info['kind']}, {info['parameters']:,} parameters, "
                  f"{info['device']}, {info['dtype']})")
         if self.session:
             s = self.session
-            self.say(f"document: {s.document.name}, {len(s.doc_ids):,} tokens, cache {s.cache_status}"
+            self.say(f"document: {s.document.name}, {len(s.doc_ids):,} tokens, cache {s.cache_summary}"
                      + (f" at {s.cache_path}" if s.cache_path else ""))
         else:
             self.say("document: none")

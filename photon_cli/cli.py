@@ -64,12 +64,24 @@ MaxContextOpt = Annotated[Optional[int], typer.Option(help="Document budget in t
 
 
 def fail(message: str, code: int = 1) -> None:
+    """Print `message` as one error line on stderr (the traceback too with --verbose) and exit."""
     if VERBOSE["on"]:
         import traceback
 
         traceback.print_exc()
-    err.print(f"[red]error:[/red] {message}", markup=True)
+    line = " ".join(str(message).split())
+    err.print("[red]error:[/red] ", markup=True, end="")
+    err.print(line, markup=False)
     raise typer.Exit(code)
+
+
+def exit_on_broken_pipe() -> None:
+    """Exit quietly with 141 (128 + SIGPIPE) after the reader of stdout went away (`| head`)."""
+    import os
+
+    # Later writes (and the interpreter's final flush) go to /dev/null instead of failing again.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(141)
 
 
 def _terminate(signum, frame):
@@ -99,6 +111,8 @@ def load_engine(model: Path, tokenizer: Path | None, device: str, dtype: str, no
                       max_context=max_context)
     except (WeightsError, InputError) as error:
         fail(str(error))
+    except OSError as error:
+        fail(f"cannot read {error.filename or model}: {error.strerror or error}")
 
 
 def sampling_options(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
@@ -150,34 +164,42 @@ def ask(
 
     The first question encodes the document and caches its state; later questions load it.
     """
-    from photon_cli.engine import InputError, peak_memory_mib
+    from photon_cli.engine import InputError, normalize_question, peak_memory_mib
     from photon_cli.render import stats_line
 
     options = sampling_options(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    try:
+        normalize_question(question)  # reject an empty question before the document is encoded
+    except InputError as error:
+        fail(str(error))
     engine = load_engine(model, tokenizer, device, dtype, no_cache, cache_dir, max_context)
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
     try:
         session = open_document(engine, document, truncate)
-
-        def show(piece: str) -> None:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
         answer = engine.answer(session, question, options, mode.value, None if json_output else show)
+        if json_output:
+            record = {"document": session.document.name, "question": question, **answer.to_dict(),
+                      "cache": session.cache_status, "cache_reason": session.cache_reason,
+                      "mode": mode.value}
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+    except BrokenPipeError:
+        exit_on_broken_pipe()
     except InputError as error:
         fail(str(error))
-    if json_output:
-        record = {"document": session.document.name, "question": question, **answer.to_dict(),
-                  "cache": session.cache_status, "mode": mode.value}
-        print(json.dumps(record, ensure_ascii=False))
-    else:
-        sys.stdout.write("\n")
-        err.print(stats_line(session, answer, peak_memory_mib(engine.device)))
-    if session.truncated:
-        err.print(f"warning: the document was truncated to {engine.max_context} tokens")
+    if not json_output:
+        err.print(stats_line(session, answer, peak_memory_mib(engine.device)), markup=False)
     if answer.finish_reason == "interrupted":
+        err.print("interrupted")
         raise typer.Exit(130)
 
 
@@ -243,24 +265,35 @@ def serve_cache(
     has id, answer, finish_reason, usage, timings and error, in input order. Exit code 1 when any
     line failed.
     """
-    from photon_cli.serve import run_batch_file
+    from photon_cli.serve import open_batch_files, run_batch
 
     if batch_size < 1:
         fail(f"--batch-size {batch_size} must be >= 1")
+    if max_question_tokens < 1:
+        fail(f"--max-question-tokens {max_question_tokens} must be >= 1")
     if resume and output_file == "-":
         fail("--resume needs --output FILE to read the answered ids from")
     options = sampling_options(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
-    engine = load_engine(model, tokenizer, device, dtype, no_cache, cache_dir, max_context)
-    session = open_document(engine, document, truncate)
     try:
-        failures = run_batch_file(engine, session, input_file, output_file, options, mode.value,
-                                  batch_size, resume, max_question_tokens, err)
+        files = open_batch_files(input_file, output_file, resume)
     except OSError as error:
-        fail(f"cannot use {error.filename}: {error.strerror}")
+        fail(f"cannot open {error.filename}: {error.strerror or error}")
+    try:
+        engine = load_engine(model, tokenizer, device, dtype, no_cache, cache_dir, max_context)
+        session = open_document(engine, document, truncate)
+        failures = run_batch(engine, session, files, options, mode.value, batch_size, resume,
+                             max_question_tokens, err)
     except KeyboardInterrupt:
         err.print("interrupted; answered lines were written, rerun with --resume to continue")
         raise typer.Exit(130)
+    except BrokenPipeError:
+        exit_on_broken_pipe()
+    except OSError as error:
+        fail(f"cannot use {error.filename or output_file}: {error.strerror or error}")
+    finally:
+        files.close()
     if failures:
+        err.print(f"{failures} line(s) failed; their records have an error field")
         raise typer.Exit(1)
 
 
@@ -290,14 +323,20 @@ def generate(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    sys.stdout.write(prompt)
     try:
+        sys.stdout.write(prompt)
         answer = continue_text(engine, prompt, options, mode.value, show)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     except KeyboardInterrupt:
+        err.print("interrupted")
         raise typer.Exit(130)
-    sys.stdout.write("\n")
+    except BrokenPipeError:
+        exit_on_broken_pipe()
     err.print(f"{answer.usage.completion_tokens} tokens, {answer.timings.decode_tokens_per_s:,.1f} tok/s, "
               f"finish_reason {answer.finish_reason}")
+    if answer.finish_reason == "interrupted":
+        raise typer.Exit(130)
 
 
 @app.command("eval")
@@ -314,11 +353,15 @@ def evaluate(
     from photon_cli.engine import InputError, read_document
     from photon_cli.evaluate import evaluate_document
 
+    if max_tokens < 1 or (context is not None and context < 1):
+        fail(f"--max-tokens {max_tokens} and --context {context} must be at least 1")
     engine = load_engine(weights, tokenizer, device, "float32", True, None)
     try:
         result = evaluate_document(engine, read_document(document), context, max_tokens)
     except InputError as error:
         fail(str(error))
+    except ValueError as error:  # too few tokens for one window
+        fail(f"{error}; pass a longer document or a smaller --context")
     if json_output:
         print(json.dumps(result))
         return
@@ -436,6 +479,95 @@ def cache_clear(cache_dir: CacheDirOpt = None):
     err.print(f"removed {count} cache file(s) from {store.directory}")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{option} {text!r} must be comma-separated integers, e.g. 8192,32768")
+    return values
+
+
+@app.command()
+def bench(
+    doc_lengths: Annotated[str, typer.Option(help="Document lengths in tokens, comma-separated.")] = "8192,32768,131072",
+    batch_sizes: Annotated[str, typer.Option(help="Queries per document, comma-separated.")] = "1,8,32",
+    new_tokens: Annotated[int, typer.Option(help="Tokens generated per query in the document settings.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Runs per configuration; medians are reported.")] = 3,
+    regimes: Annotated[bool, typer.Option(help="Include the paper's 2048->128 and 128->2048 regimes.")] = True,
+    peer: Annotated[bool, typer.Option(help="Include transformers' LlamaForCausalLM when installed.")] = True,
+    vanilla_max_prefill: Annotated[int, typer.Option(help="Skip vanilla settings with longer documents (prefill time).")] = 32768,
+    memory_limit_gib: Annotated[float, typer.Option(help="Skip settings whose caches would exceed this.")] = 18.0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch default).")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option(help="Write all results as JSON here.")] = None,
+):
+    """Measure PHOTON (RecGen, HierGen) against the vanilla baseline side by side in one run."""
+    import torch
+
+    from photon_cli.bench import bench_models, build_llama_peer, default_settings, run_benchmark
+    from photon_cli.bench_report import environment, render_table
+
+    if threads:
+        torch.set_num_threads(threads)
+    photon, vanilla = bench_models()
+    llama = build_llama_peer(vanilla.config) if peer else None
+    if peer and llama is None:
+        err.print("transformers is not installed; skipping the LlamaForCausalLM peer (pip install 'photon-cli\\[bench]')")
+    settings = default_settings(_int_list(doc_lengths, "--doc-lengths"), _int_list(batch_sizes, "--batch-sizes"),
+                                new_tokens)
+    if not regimes:
+        settings = [s for s in settings if s.name == "document"]
+    limits = {"vanilla": vanilla_max_prefill, "llama-peer": vanilla_max_prefill}
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    results = run_benchmark(photon, vanilla, settings, repeats, llama, int(memory_limit_gib * 2**30), limits,
+                            on_result=lambda row: err.print(f"done: {row['setting']}"))
+    console.print(render_table(results))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"environment": environment(), "results": results}, indent=2))
+        err.print(f"results written to {json_out}")
+
+
+@app.command("eval-qa")
+def eval_qa(
+    eval_file: Annotated[Path, typer.Option(help="JSONL of held-out questions (document, question, answer, distance_tokens).")] = Path("data/qa/eval.jsonl"),
+    models: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Weights to evaluate (repeatable; default: both shipped models).")] = None,
+    limit: Annotated[int, typer.Option(help="Evaluate at most this many records (0 = all).")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated.")] = 48,
+    device: DeviceOpt = "auto",
+    json_out: Annotated[Optional[Path], typer.Option(help="Write the per-record rows and summaries here.")] = None,
+):
+    """Exact-match and answer-contains rates by fact-to-question distance: RecGen, HierGen, vanilla."""
+    from rich.table import Table
+
+    from photon_cli.qa_eval import evaluate_qa, read_records, summarise
+
+    try:
+        records = read_records(eval_file)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        fail(f"cannot read {eval_file}: {error}")
+    records = records[:limit] if limit else records
+    paths = models or [DEFAULT_MODEL, WEIGHTS_DIR / "vanilla-small.safetensors"]
+    summaries, all_rows = {}, {}
+    for path in paths:
+        engine = load_engine(path, None, device, "auto", True, None)
+        modes = ["recgen", "hiergen"] if engine.is_photon else ["vanilla"]
+        for mode in modes:
+            label = f"{path.stem} {mode}"
+            err.print(f"evaluating {label} on {len(records)} questions")
+            rows = evaluate_qa(engine, records, "recgen" if mode == "vanilla" else mode, max_new_tokens)
+            summaries[label], all_rows[label] = summarise(rows), rows
+    distances = sorted({d for s in summaries.values() for d in s["by_distance"]})
+    table = Table("model", "all EM", "all contains", *[f"d={d} contains" for d in distances])
+    for label, summary in summaries.items():
+        cells = [f"{summary['by_distance'][d]['contains']:.2f}" if d in summary["by_distance"] else "-"
+                 for d in distances]
+        table.add_row(label, f"{summary['overall']['exact']:.2f}", f"{summary['overall']['contains']:.2f}", *cells)
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"summaries": summaries, "rows": all_rows}, indent=2, default=str))
+
+
 @data_app.command("fetch")
 def data_fetch(
     work_dir: Annotated[Path, typer.Option(help="Downloaded packages and raw text.")] = Path("data/raw"),
@@ -489,15 +621,25 @@ def train(
                       seed=seed, precision=precision.value, compile=compile, device=device,
                       threads=threads)
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # A live bar on a terminal; plain lines (one per step) when stderr is a log file.
+    progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[status]}"), console=err, disable=not err.is_terminal)
+    task = progress.add_task("train", total=max_steps, status="")
+
     def show(record: dict) -> None:
         line = (f"step {record['step']:>6}  loss {record['token_loss']:.3f}  rec {record['rec_loss']:.3f}  "
                 f"lr {record['lr']:.2e}  {record['tokens_per_s']} tok/s")
         if "val_loss" in record:
             line += f"  val {record['val_loss']:.3f}  val_rec {record['val_rec_loss']:.3f}"
-        err.print(line)
+        progress.update(task, completed=record["step"], status=line)
+        if "val_loss" in record or not err.is_terminal:
+            progress.console.print(line)
 
     try:
-        path = run_training(cfg, on_metrics=show)
+        with progress:
+            path = run_training(cfg, on_metrics=show)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
     err.print(f"weights written to {path}")

@@ -6,17 +6,20 @@ units: every context encoder's KV cache (batch 1), the last top state and the ca
 document after the last whole unit is encoded at query time.
 
 Identity is a SHA-256 key over named, length-prefixed fields, never a path or an mtime.
-Files are written to a temporary file in the same folder and renamed into place, under a
-per-key lock, so a reader sees a complete file or none.
+Files are written to a temporary file in the same folder, flushed to disk and renamed into
+place, under a per-key lock, so a reader sees a complete file or none. A writer killed before
+the rename leaves only its temporary file, which the next writer of that key removes.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,8 +45,29 @@ METADATA_FIELDS = (
 )
 
 
+# Test hook: when this variable names a point, the process writes "photon: paused at POINT" to
+# stderr there and sleeps, so a test can send a signal at a known moment. Points: "prefill" (first
+# progress callback of the document prefill, before any cache file exists), "write" (cache data
+# written to the temporary file, before the rename), "decode" (after the first decoded
+# meta-context, after the cache is saved).
+PAUSE_ENV = "PHOTON_TEST_PAUSE"
+PAUSE_SECONDS = 60
+
+
+def pause_for_tests(point: str) -> None:
+    """Sleep at `point` when PHOTON_TEST_PAUSE names it; otherwise do nothing."""
+    if os.environ.get(PAUSE_ENV) == point:
+        sys.stderr.write(f"photon: paused at {point}\n")
+        sys.stderr.flush()
+        time.sleep(PAUSE_SECONDS)
+
+
 class CacheError(Exception):
     """A cache file cannot be used; the message says why."""
+
+
+# Errors that reading a damaged safetensors file can raise besides SafetensorError.
+READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, KeyError, OverflowError)
 
 
 def default_cache_dir() -> Path:
@@ -72,21 +96,27 @@ class CachedDocument:
 
 
 def read_header(path: Path) -> dict[str, str]:
-    """Read and validate a cache file's metadata without loading tensors."""
+    """Read and validate a cache file's metadata without loading tensors; raise CacheError."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CacheError(f"corrupt cache file {path.name} ({error})") from None
+    except READ_ERRORS as error:
+        raise CacheError(f"corrupt cache file ({one_line(error)})") from None
     if metadata.get("format") != CACHE_FORMAT:
-        raise CacheError(f"{path.name} is not a photon document cache")
+        raise CacheError("not a photon document cache (its metadata has no photon format)")
     found = metadata.get("format_version")
     if found != str(CACHE_FORMAT_VERSION):
-        raise CacheError(f"unsupported cache format (found {found}, this photon reads {CACHE_FORMAT_VERSION})")
+        raise CacheError(f"unsupported cache format (found {str(found):.20}, this photon reads {CACHE_FORMAT_VERSION})")
     unknown = sorted(set(metadata) - set(METADATA_FIELDS))
+    if unknown:
+        raise CacheError(f"unsupported cache format (unknown metadata field {unknown[0]!r:.60}, "
+                         f"this photon reads version {CACHE_FORMAT_VERSION} without it)")
     missing = sorted(set(METADATA_FIELDS) - set(metadata))
-    if unknown or missing:
-        raise CacheError(f"cache metadata has unknown fields {unknown} or lacks {missing}")
+    if missing:
+        raise CacheError(f"corrupt cache file: metadata lacks {', '.join(missing)}")
+    for name in ("token_count", "cached_tokens"):
+        if not metadata[name].isascii() or not metadata[name].isdigit():
+            raise CacheError(f"corrupt cache file: {name} {metadata[name]!r:.40} is not a count")
     return metadata
 
 
@@ -101,11 +131,12 @@ def read_cache(path: Path, expected: dict[str, str]) -> CachedDocument:
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
                 tensors[name] = handle.get_tensor(name)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CacheError(f"corrupt cache file {path.name} ({error})") from None
+    except READ_ERRORS as error:
+        raise CacheError(f"corrupt cache file ({one_line(error)})") from None
     tokens = tensors.get("tokens")
-    if tokens is None or tokens.dim() != 1 or tokens.numel() != int(metadata["token_count"]):
-        raise CacheError(f"corrupt cache file {path.name}: token ids do not match token_count")
+    if (tokens is None or tokens.dim() != 1 or tokens.dtype != torch.int32
+            or tokens.numel() != int(metadata["token_count"])):
+        raise CacheError("corrupt cache file: token ids do not match token_count")
     return CachedDocument(tensors, metadata, path)
 
 
@@ -117,18 +148,42 @@ class CacheStore:
         return self.directory / f"{key}{SUFFIX}"
 
     @contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Hold an exclusive lock for `key` so concurrent builders wait for one another."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / f"{key}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    def lock(self, key: str) -> Iterator[bool]:
+        """Hold an exclusive lock for `key` so concurrent builders wait for one another.
+
+        Yields True while the lock is held. Yields False when no lock file can be created there
+        (a read-only folder, or a path that is not a folder), and the caller then works unlocked.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            handle = open(self.directory / f"{key}.lock", "a")
+        except OSError as error:
+            log.warning("cannot lock the document cache in %s (%s); continuing without it",
+                        self.directory, error.strerror or error)
+            yield False
+            return
+        with handle:
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("waiting for another photon process that is encoding this document")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.remove_temporary_files(key)
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def remove_temporary_files(self, key: str) -> None:
+        """Delete temporary files of `key` left by killed writers; call only under the key's lock."""
+        for leftover in self.directory.glob(f".{key}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
     def write(self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-        """Write atomically: a temporary file in the cache folder, then rename over the target."""
+        """Write atomically: a temporary file in the cache folder, fsync, then rename over the target.
+
+        Raises OSError when the file cannot be written (read-only folder, disk full).
+        """
         path = self.path_for(key)
         self.directory.mkdir(parents=True, exist_ok=True)
         full = {"format": CACHE_FORMAT, "format_version": str(CACHE_FORMAT_VERSION),
@@ -136,8 +191,15 @@ class CacheStore:
                 **metadata}
         tmp = path.with_name(f".{key}.{os.getpid()}.tmp")
         try:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata=full)
+            try:
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                          metadata=full)
+            except SafetensorError as error:
+                # safetensors reports write failures (such as a full disk) as SafetensorError.
+                raise OSError(errno.EIO, one_line(error), str(tmp)) from None
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            pause_for_tests("write")
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -194,3 +256,8 @@ def describe_difference(current: dict[str, str], other: dict[str, str]) -> str:
 
 def metadata_json(value) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def one_line(error: BaseException) -> str:
+    """Return an exception's message on one line (safetensors and OS messages can span several)."""
+    return " ".join(str(error).split())

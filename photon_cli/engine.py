@@ -4,6 +4,16 @@ A document is read, normalised, tokenized and encoded once; its state (the conte
 KV caches and the top-level latents) is kept in memory and in the on-disk cache. Each question
 forks that state (the document's caches are shared read-only, never copied or modified), encodes
 the document tail and the question, and decodes the answer.
+
+Normalisation: a document is decoded as UTF-8, a leading byte-order mark is removed, CRLF and
+lone CR line endings become LF, and the text is put in Unicode NFC (`photon_cli.text`). The
+cache key covers the normalised text, so the same text saved with LF or CRLF endings, with or
+without a BOM, shares one cache and gets the same answers. The policy name is stored in every
+cache file's metadata (`normalization`).
+
+Every document token is either reused from the cache file or encoded in this process. The
+usage of each answer reports both counts, and the session records why a cache file found on
+disk was not used.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -21,12 +32,14 @@ from typing import Callable
 import torch
 
 from photon_cli.config import PhotonConfig
-from photon_cli.doc_cache import (CacheError, CacheStore, cache_key, describe_difference,
-                                  metadata_json, read_cache)
+from photon_cli.doc_cache import (CACHE_FORMAT_VERSION, PAUSE_ENV, CacheError, CacheStore, cache_key,
+                                  describe_difference, metadata_json, one_line, pause_for_tests,
+                                  read_cache)
 from photon_cli.generation import (RECGEN, MODES, PhotonState, VanillaState, empty_state,
                                    encode_units, fork, photon_steps, prefill,
                                    vanilla_prefill, vanilla_steps)
 from photon_cli.kv_cache import KVCache, StackCache
+from photon_cli.layers import row_independent
 from photon_cli.model import Photon
 from photon_cli.prompt import EOS_ID, document_tokens, question_tokens
 from photon_cli.sampling import Sampler, SamplingOptions
@@ -69,7 +82,8 @@ def read_document(source: str | Path, stdin=None) -> Document:
         except FileNotFoundError:
             raise InputError(f"document {path} not found") from None
         except OSError as error:
-            raise InputError(f"cannot read document {path}: {error.strerror}") from None
+            raise InputError(f"cannot read document {path}: {error.strerror or error}; check that it "
+                             "is a readable file") from None
     nul = data.find(b"\x00")
     if nul >= 0:
         raise InputError(f"document {name} looks binary (NUL byte at offset {nul}); pass a UTF-8 text file")
@@ -86,11 +100,20 @@ def read_document(source: str | Path, stdin=None) -> Document:
     return Document(text, name, hashlib.sha256(text.encode()).hexdigest())
 
 
+def normalize_question(question: str) -> str:
+    """Normalise a question like a document and strip it; raise InputError if nothing is left."""
+    text = normalize_text(question).strip()
+    if not text:
+        raise InputError("the question is empty; pass the text to ask about the document")
+    return text
+
+
 @dataclass
 class Usage:
-    document_tokens: int = 0
-    reused_tokens: int = 0  # document tokens whose state came from the cache
-    encoded_tokens: int = 0  # prompt tokens encoded for this answer (document tail + question)
+    document_tokens: int = 0  # <|document|> marker + document text tokens
+    reused_tokens: int = 0  # document tokens whose state was loaded from the cache file
+    encoded_tokens: int = 0  # document tokens encoded by this process (document_tokens - reused_tokens)
+    question_tokens: int = 0  # padding, question markers and question tokens encoded for this answer
     completion_tokens: int = 0
 
 
@@ -99,7 +122,7 @@ class Timings:
     document_ms: float = 0.0  # cache load or document prefill
     query_ms: float = 0.0  # encoding the document tail and the question
     first_token_ms: float = 0.0  # from the start of this answer to its first token
-    decode_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0  # completion tokens of all rows per second after query encoding
     total_ms: float = 0.0
 
 
@@ -127,15 +150,21 @@ class Session:
     cached_len: int  # leading doc_ids covered by `state`
     state: PhotonState | VanillaState
     truncated: bool
-    cache_status: str  # built | loaded | rebuilt (reason) | disabled | not saved (reason)
+    cache_status: str  # built | loaded | rebuilt | disabled | not saved
     cache_path: Path | None
     cache_bytes: int
     document_ms: float
-    reused_tokens: int
+    reused_tokens: int  # document tokens whose state was loaded from the cache file
+    # Why a cache file on disk was not used (rebuilt) or the new one was not written (not saved).
+    cache_reason: str | None = None
 
     @property
     def tail(self) -> list[int]:
         return self.doc_ids[self.cached_len:]
+
+    @property
+    def cache_summary(self) -> str:
+        return self.cache_status + (f" ({self.cache_reason})" if self.cache_reason else "")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -176,6 +205,8 @@ class Engine:
     def __init__(self, model_path: Path, tokenizer_path: Path | None = None, device: str = "auto",
                  dtype: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
                  max_context: int | None = None):
+        if max_context is not None and max_context < 1:
+            raise InputError(f"--max-context {max_context} must be at least 1 token")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         loaded = load_weights(Path(model_path), self.device, self.dtype)
@@ -211,6 +242,7 @@ class Engine:
 
     def cache_fields(self, document: Document, token_count: int, truncated: bool) -> dict[str, str]:
         return {
+            "format_version": str(CACHE_FORMAT_VERSION),
             "weights_fingerprint": self.fingerprint,
             "model_kind": "photon" if self.is_photon else "vanilla",
             "config": metadata_json(self.config.to_dict()),
@@ -222,21 +254,32 @@ class Engine:
             "truncated": str(truncated),
         }
 
+    def budget_ids(self, document: Document, truncate: bool) -> tuple[list[int], bool]:
+        """Tokenize a document and apply the token budget; raise InputError when it is over."""
+        ids = self.tokenize(document.text)
+        if len(ids) <= self.max_context:
+            return ids, False
+        if not truncate:
+            raise InputError(
+                f"document {document.name} has {len(ids)} tokens, over the budget of {self.max_context} "
+                f"tokens; pass --truncate to keep only the first {self.max_context} tokens, or raise "
+                "--max-context"
+            )
+        log.warning("document %s truncated from %d to its first %d tokens (--truncate); text after "
+                    "that is not seen by the model", document.name, len(ids), self.max_context)
+        return ids[:self.max_context], True
+
     def open(self, document: Document, truncate: bool = False,
              progress: Callable[[int, int], None] | None = None) -> Session:
-        """Tokenize a document and get its state from the cache, or encode it and save the cache."""
+        """Tokenize a document and get its state from the cache, or encode it and save the cache.
+
+        Only whole meta-contexts are encoded and cached; the tail after them is encoded with each
+        question. A cache file that cannot be used is reported (log warning and
+        `Session.cache_reason`) and rebuilt; a cache that cannot be written leaves the answer
+        unaffected.
+        """
         started = time.perf_counter()
-        ids = self.tokenize(document.text)
-        truncated = False
-        if len(ids) > self.max_context:
-            if not truncate:
-                raise InputError(
-                    f"document {document.name} has {len(ids)} tokens, over the model's budget of "
-                    f"{self.max_context}; pass --truncate to keep the first {self.max_context} tokens"
-                )
-            log.warning("document %s truncated from %d to its first %d tokens", document.name, len(ids),
-                        self.max_context)
-            ids, truncated = ids[:self.max_context], True
+        ids, truncated = self.budget_ids(document, truncate)
         doc_ids = document_tokens(ids)
         cached_len = len(doc_ids) // self.unit * self.unit
         fields = self.cache_fields(document, len(doc_ids), truncated)
@@ -244,43 +287,68 @@ class Engine:
         expected = {name: value for name, value in fields.items() if name != "truncated"}
         expected |= {"key": key, "cached_tokens": str(cached_len)}
 
+        def finish(state, status: str, path: Path | None = None, reused: int = 0,
+                   reason: str | None = None) -> Session:
+            size = path.stat().st_size if path else 0
+            return Session(document, doc_ids, cached_len, state, truncated, status, path, size,
+                           (time.perf_counter() - started) * 1e3, reused, reason)
+
+        progress = self._pausing(progress)
         if self.store is None:
-            state = self._encode(doc_ids[:cached_len], progress)
-            return Session(document, doc_ids, cached_len, state, truncated, "disabled", None, 0,
-                           (time.perf_counter() - started) * 1e3, 0)
+            return finish(self._encode(doc_ids[:cached_len], progress), "disabled")
 
         path = self.store.path_for(key)
-        reason = None
         with self.store.lock(key):
+            reason = None
             if path.exists():
                 try:
-                    cached = read_cache(path, expected)
-                    state = self._state_from_tensors(cached.tensors, cached_len)
-                    return Session(document, doc_ids, cached_len, state, truncated, "loaded", path,
-                                   path.stat().st_size, (time.perf_counter() - started) * 1e3, cached_len)
+                    state = self._load(path, expected, doc_ids, cached_len)
+                    return finish(state, "loaded", path, cached_len)
                 except CacheError as error:
                     reason = str(error)
-                    log.warning("cache %s not used: %s; rebuilding", path.name, reason)
+                    log.warning("cache %s not used: %s; rebuilding it", path.name, reason)
             else:
-                others = self.store.find_other_versions(document.content_sha256, key)
-                if others:
-                    reason = "a cache of this document exists for " + describe_difference(expected, others[0])
-                    log.warning("%s; building a new one", reason)
+                reason = self._other_version_reason(document, key, expected)
             state = self._encode(doc_ids[:cached_len], progress)
-            status = "built" if reason is None else f"rebuilt ({reason})"
-            size = 0
+            status = "built" if reason is None else "rebuilt"
+            meta = {**{k: v for k, v in expected.items() if k != "key"},
+                    "source_name": document.name, "preview": document.text[:PREVIEW_CHARS]}
             try:
-                meta = {**{k: v for k, v in expected.items() if k != "key"},
-                        "source_name": document.name,
-                        "preview": document.text[:PREVIEW_CHARS]}
                 self.store.write(key, self._state_tensors(state, doc_ids), meta)
-                size = path.stat().st_size
             except OSError as error:
-                status = f"not saved ({error.strerror or error})"
-                log.warning("document cache not saved to %s: %s; the answer is unaffected",
-                            self.store.directory, error.strerror or error)
-        return Session(document, doc_ids, cached_len, state, truncated, status,
-                       path if size else None, size, (time.perf_counter() - started) * 1e3, 0)
+                problem = one_line(error.strerror or error)
+                log.warning("document cache not saved to %s: %s; the answer is unaffected, but the "
+                            "next run encodes the document again", self.store.directory, problem)
+                return finish(state, "not saved", None, 0, problem)
+            return finish(state, status, path, 0, reason)
+
+    def _other_version_reason(self, document: Document, key: str, expected: dict) -> str | None:
+        """Why a cache of the same text under another key (other weights, dtype...) is not used."""
+        others = self.store.find_other_versions(document.content_sha256, key)
+        if not others:
+            return None
+        reason = "a cache of this document exists for " + describe_difference(expected, others[0])
+        log.warning("%s; building a new one", reason)
+        return reason
+
+    def _load(self, path: Path, expected: dict, doc_ids: list[int], cached_len: int):
+        cached = read_cache(path, expected)
+        if cached.tensors["tokens"].tolist() != doc_ids:
+            raise CacheError("corrupt cache file: its token ids differ from the document's")
+        return self._state_from_tensors(cached.tensors, cached_len)
+
+    @staticmethod
+    def _pausing(progress: Callable[[int, int], None] | None) -> Callable[[int, int], None] | None:
+        """Wrap a prefill progress callback with the PHOTON_TEST_PAUSE hook."""
+        if os.environ.get(PAUSE_ENV) != "prefill":
+            return progress
+
+        def update(done: int, total: int) -> None:
+            if progress:
+                progress(done, total)
+            pause_for_tests("prefill")
+
+        return update
 
     def _encode(self, tokens: list[int], progress) -> PhotonState | VanillaState:
         tensor = torch.tensor([tokens], dtype=torch.long, device=self.device)
@@ -314,9 +382,11 @@ class Engine:
         tensor = tensors.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = None if tensor is None else tuple(tensor.shape)
-            raise CacheError(f"corrupt cache: tensor {name} has shape {found}, expected {shape}")
+            raise CacheError(f"corrupt cache file: tensor {name} has shape {found}, expected {shape}")
+        if not tensor.is_floating_point():
+            raise CacheError(f"corrupt cache file: tensor {name} has dtype {tensor.dtype}, expected floats")
         if not torch.isfinite(tensor.float()).all():
-            raise CacheError(f"corrupt cache: tensor {name} holds non-finite values")
+            raise CacheError(f"corrupt cache file: tensor {name} holds non-finite values")
         return tensor.to(device=self.device, dtype=self.dtype)
 
     def _state_from_tensors(self, tensors: dict, cached_len: int) -> PhotonState | VanillaState:
@@ -346,9 +416,7 @@ class Engine:
 
     def question_ids(self, session: Session, question: str) -> list[int]:
         """The tokens encoded for one question: document tail, padding, question markers."""
-        text = normalize_text(question).strip()
-        if not text:
-            raise InputError("the question is empty; pass the text to ask about the document")
+        text = normalize_question(question)
         return session.tail + question_tokens(len(session.doc_ids), self.tokenize(text), self.unit)
 
     def answer(self, session: Session, question: str, options: SamplingOptions, mode: str = RECGEN,
@@ -362,9 +430,11 @@ class Engine:
         """Answer queries of equal length together against the shared document state.
 
         Queries are whole meta-contexts (see `question_ids`), or with `forced_tail` fewer tokens
-        than one meta-context, forced into the first decoded one. `on_text` receives row 0's
-        text as it streams. KeyboardInterrupt stops decoding; the answers so far are returned
-        with finish_reason "interrupted".
+        than one meta-context, forced into the first decoded one. Each row is computed exactly as
+        if it were alone (`layers.row_independent`, one random generator per row), so an answer
+        does not depend on the batch it is in. `on_text` receives row 0's text as it streams.
+        KeyboardInterrupt during decoding stops it; the answers so far are returned with
+        finish_reason "interrupted".
         """
         if mode not in MODES:
             raise InputError(f"unknown mode {mode!r}; use {' or '.join(MODES)}")
@@ -380,37 +450,42 @@ class Engine:
             sampler.observe(tokens)
             return tokens
 
-        steps = self._start(session, query, pick, mode, forced_tail)
-        query_done = time.perf_counter()
-        answers = [Answer(usage=Usage(len(session.doc_ids), session.reused_tokens, len(q)),
-                          truncated=session.truncated) for q in queries]
+        document_encoded = len(session.doc_ids) - session.reused_tokens
+        answers = [Answer(usage=Usage(len(session.doc_ids), session.reused_tokens, document_encoded,
+                                      len(q) - len(session.tail)), truncated=session.truncated)
+                   for q in queries]
         streams = [TextStream(self.tokenizer) for _ in queries]
         stops = [StopMatcher(options.stop) for _ in queries]
-        first_token_at = None
-        try:
-            for tokens in steps:
-                first_token_at = first_token_at or time.perf_counter()
-                for row, answer in enumerate(answers):
-                    if not answer.finish_reason:
-                        self._consume(answer, tokens[row].tolist(), streams[row], stops[row],
-                                      options.max_tokens, on_text if row == 0 else None)
-                if all(a.finish_reason for a in answers):
-                    break
-        except KeyboardInterrupt:
-            for answer in answers:
-                answer.finish_reason = answer.finish_reason or "interrupted"
+        query_done = first_token_at = None
+        with row_independent():
+            steps = self._start(session, query, pick, mode, forced_tail)
+            query_done = time.perf_counter()
+            try:
+                for tokens in steps:
+                    first_token_at = first_token_at or time.perf_counter()
+                    for row, answer in enumerate(answers):
+                        if not answer.finish_reason:
+                            self._consume(answer, tokens[row].tolist(), streams[row], stops[row],
+                                          options.max_tokens, on_text if row == 0 else None)
+                    if all(a.finish_reason for a in answers):
+                        break
+                    pause_for_tests("decode")
+            except KeyboardInterrupt:
+                for answer in answers:
+                    answer.finish_reason = answer.finish_reason or "interrupted"
         finished = time.perf_counter()
+        decode_s = finished - query_done
+        completion = sum(a.usage.completion_tokens for a in answers)
         for row, answer in enumerate(answers):
             if answer.finish_reason in ("length", "interrupted", "eos"):
                 tail = stops[row].feed(streams[row].flush()) + stops[row].flush()
                 answer.text += tail
                 if on_text and row == 0 and tail:
                     on_text(tail)
-            decode_s = finished - (first_token_at or finished)
             answer.timings = Timings(
                 document_ms=session.document_ms, query_ms=(query_done - started) * 1e3,
                 first_token_ms=((first_token_at or finished) - started) * 1e3,
-                decode_tokens_per_s=sum(a.usage.completion_tokens for a in answers) / decode_s if decode_s > 0 else 0.0,
+                decode_tokens_per_s=completion / decode_s if decode_s > 0 else 0.0,
                 total_ms=(finished - started) * 1e3)
         return answers
 
@@ -434,7 +509,10 @@ class Engine:
     @staticmethod
     def _consume(answer: Answer, tokens: list[int], stream: TextStream, stop: StopMatcher,
                  max_tokens: int, on_text) -> None:
-        """Add one step's tokens to an answer, stopping at EOS, a stop string or max_tokens."""
+        """Add one step's tokens to an answer, stopping at EOS, a stop string or max_tokens.
+
+        Tokens after the stopping one (the rest of a meta-context) are dropped unseen.
+        """
         for token in tokens:
             if token == EOS_ID:
                 answer.finish_reason = "eos"

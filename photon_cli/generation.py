@@ -159,7 +159,8 @@ def decode_meta_context(model: Photon, state: PhotonState, pick: Picker, mode: s
     tokens = torch.empty(B, n1, C1, dtype=torch.long, device=token_cond.device)
     logits = []
     for slot in range(C1):
-        slot_logits = model.lm_head(h).view(B, n1, -1)  # (B, n1, V)
+        # One matrix product per sequence, not per chunk: see layers.Linear.
+        slot_logits = model.lm_head(h.view(B, n1, D))  # (B, n1, V)
         chosen = pick(slot_logits)
         if forced_slots is not None:
             known = forced_slots[:, :, slot]

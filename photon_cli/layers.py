@@ -7,11 +7,70 @@ Shapes: B batch, T positions, H heads, K head dim, D width.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from photon_cli.kv_cache import StackCache
+
+
+_ROW_INDEPENDENT: ContextVar[bool] = ContextVar("row_independent", default=False)
+
+
+@contextmanager
+def row_independent() -> Iterator[None]:
+    """Compute every sequence of a batch exactly as if it were alone (inference only).
+
+    A GEMM library picks its kernel, its thread split and so the order of the float sums from
+    the matrix sizes. With MKL 2024.2 (the torch 2.13 CPU wheel, measured on an AVX-512 CPU) a
+    row gets different float32 results in products of 1, 2-3 and 4+ rows, and with 2 threads a
+    10-row product differs from the same rows inside a 30-row product. A query decoded alone and
+    in a batch of eight then gets logits that differ by about 1e-7, enough to flip a greedy
+    choice. Inside this context every matrix product in `Linear` and `prefix_attention` has a
+    shape that does not depend on the batch size. Batched decoding is slower than with one
+    folded product (see docs/reliability.md), so prefill and training stay outside.
+
+    NOTE: bit-equality is tested on CPU only. GPU BLAS libraries may pick kernels by batch count
+    as well, so batched CUDA answers can still differ from single ones.
+    """
+    token = _ROW_INDEPENDENT.set(True)
+    try:
+        yield
+    finally:
+        _ROW_INDEPENDENT.reset(token)
+
+
+def independent_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """Multiply (N, n, k) x (N, k, m) like torch.bmm, with a result per index that does not depend on N.
+
+    With torch 2.13 on CPU and 2 threads, a 1-item bmm of a (10, 64) matrix gave different
+    results from the same item inside a larger bmm, while bmm results for 2 or more items agreed.
+    A single item is therefore padded with a zero item.
+    """
+    if a.shape[0] > 1:
+        return torch.bmm(a, b)
+    return torch.bmm(torch.cat([a, torch.zeros_like(a)]), b.expand(2, -1, -1))[:1]
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, inside `row_independent`, runs one matrix product per leading index.
+
+    A 3-D or larger input (..., T, D) gets one (T, D) product per leading index, a 2-D input
+    (N, D) one product per row, so a sequence's output does not depend on the batch around it.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _ROW_INDEPENDENT.get() or x.dim() < 2:
+            return super().forward(x)
+        rows = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() > 2 else x[:, None]
+        out = independent_bmm(rows, self.weight.t().expand(rows.shape[0], -1, -1))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 class RMSNorm(nn.Module):
@@ -63,23 +122,22 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
 def prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention over a shared batch-1 prefix (1, H, P, K) followed by each row's own keys.
 
-    The B query rows are folded into the matrix dimension so the prefix is read once per head
-    and never copied B times. Own keys are masked causally, bottom-right aligned.
+    Each of the B rows reads the prefix in its own matrix products, of the same shape whatever
+    B is, so the prefix is never copied B times and a row's result does not depend on the batch
+    (see `row_independent`). Own keys are masked causally, bottom-right aligned.
     """
     B, H, T, K = q.shape
     P, n = prefix_k.shape[2], k.shape[2]
     scale = K ** -0.5
-    q_rows = q.permute(1, 0, 2, 3).reshape(H, B * T, K)  # (H, B*T, K)
-    prefix_scores = torch.matmul(q_rows, prefix_k[0].transpose(-1, -2)) * scale  # (H, B*T, P)
-    own_scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, n)
-    own_scores = own_scores.masked_fill(~causal_mask(T, n, q.device), float("-inf"))
-    own_scores = own_scores.permute(1, 0, 2, 3).reshape(H, B * T, n)
-    probs = torch.cat([prefix_scores, own_scores], dim=-1).float().softmax(-1).to(q.dtype)
-    out = torch.matmul(probs[..., :P], prefix_v[0])  # (H, B*T, K)
-    own_v = v.permute(1, 0, 2, 3)  # (H, B, n, K)
-    own_probs = probs[..., P:].reshape(H, B, T, n)
-    out = out + torch.matmul(own_probs, own_v).reshape(H, B * T, K)
-    return out.reshape(H, B, T, K).permute(1, 0, 2, 3)  # (B, H, T, K)
+    prefix_keys, prefix_values = prefix_k[0].transpose(-1, -2), prefix_v[0]  # (H, K, P), (H, P, K)
+    prefix_scores = torch.stack([independent_bmm(q[row], prefix_keys) for row in range(B)])  # (B, H, T, P)
+    own_scores = independent_bmm(q.reshape(B * H, T, K), k.reshape(B * H, n, K).transpose(-1, -2))
+    own_scores = own_scores.view(B, H, T, n).masked_fill(~causal_mask(T, n, q.device), float("-inf"))
+    probs = torch.cat([prefix_scores * scale, own_scores * scale], dim=-1).float().softmax(-1).to(q.dtype)
+    prefix_probs = probs[..., :P]
+    out = torch.stack([independent_bmm(prefix_probs[row], prefix_values) for row in range(B)])  # (B, H, T, K)
+    own_probs = probs[..., P:].reshape(B * H, T, n)
+    return out + independent_bmm(own_probs, v.reshape(B * H, n, K)).view(B, H, T, K)
 
 
 class Attention(nn.Module):
@@ -89,10 +147,10 @@ class Attention(nn.Module):
         self.head_dim = d_model // n_heads
         self.rope_base = rope_base
         self.rope_scale = rope_scale
-        self.wq = nn.Linear(d_model, d_model, bias=False)
-        self.wk = nn.Linear(d_model, d_model, bias=False)
-        self.wv = nn.Linear(d_model, d_model, bias=False)
-        self.wo = nn.Linear(d_model, d_model, bias=False)
+        self.wq = Linear(d_model, d_model, bias=False)
+        self.wk = Linear(d_model, d_model, bias=False)
+        self.wv = Linear(d_model, d_model, bias=False)
+        self.wo = Linear(d_model, d_model, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache=None) -> Tensor:
         B, T, D = x.shape
@@ -123,9 +181,9 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
-        self.w_gate = nn.Linear(d_model, d_ff, bias=False)
-        self.w_up = nn.Linear(d_model, d_ff, bias=False)
-        self.w_down = nn.Linear(d_ff, d_model, bias=False)
+        self.w_gate = Linear(d_model, d_ff, bias=False)
+        self.w_up = Linear(d_model, d_ff, bias=False)
+        self.w_down = Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from photon_cli.config import PhotonConfig
-from photon_cli.layers import RMSNorm, TransformerStack
+from photon_cli.layers import Linear, RMSNorm, TransformerStack
 
 
 class Chunker(nn.Module):
@@ -26,7 +26,7 @@ class Chunker(nn.Module):
         super().__init__()
         self.chunk = chunk
         self.norm = RMSNorm(chunk * d_model, eps)
-        self.proj = nn.Linear(chunk * d_model, d_model, bias=True)
+        self.proj = Linear(chunk * d_model, d_model, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         B, M, D = x.shape
@@ -51,11 +51,11 @@ class Photon(nn.Module):
         self.encoders = nn.ModuleList(stack(n) for n in c.encoder_layers)
 
         # Top-down, indexed by level - 1: converters, start latents, decoders (0 = token decoder).
-        self.converters = nn.ModuleList(nn.Linear(D, R * D, bias=True) for _ in c.chunk_sizes)
+        self.converters = nn.ModuleList(Linear(D, R * D, bias=True) for _ in c.chunk_sizes)
         self.start_latents = nn.Parameter(torch.empty(c.n_levels, D))
         self.decoders = nn.ModuleList(stack(n) for n in c.decoder_layers)
         self.decoder_embed = nn.Embedding(c.vocab_size, D)
-        self.lm_head = nn.Linear(D, c.vocab_size, bias=False)
+        self.lm_head = Linear(D, c.vocab_size, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

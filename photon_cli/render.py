@@ -14,11 +14,14 @@ from photon_cli.engine import Answer, Session
 
 @contextmanager
 def prefill_progress(console: Console, label: str) -> Iterator[Callable[[int, int], None]]:
-    """Yield a callback(done, total) that shows a progress bar once encoding starts."""
+    """Yield a callback(done, total) that shows a progress bar once encoding starts.
+
+    The bar is drawn only on a terminal, so logs and pipes get no stray lines.
+    """
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("tokens"), TaskProgressColumn(),
                         TextColumn("{task.fields[rate]:>8} tok/s"), TimeRemainingColumn(),
-                        console=console, transient=True)
+                        console=console, transient=True, disable=not console.is_terminal)
     state = {"task": None, "started": None}
 
     def update(done: int, total: int) -> None:
@@ -49,14 +52,14 @@ def human_bytes(n: int) -> str:
 
 def stats_line(session: Session, answer: Answer, peak_mib: float) -> str:
     u, t = answer.usage, answer.timings
-    first_token_ms = t.first_token_ms + (0 if session.cache_status == "loaded" else 0)
     parts = [
         f"document {u.document_tokens:,} tokens ({u.reused_tokens:,} reused from cache, "
         f"{u.encoded_tokens:,} encoded now)",
+        f"question {u.question_tokens:,} tokens",
         f"document {'load' if session.cache_status == 'loaded' else 'prefill'} {t.document_ms:,.0f} ms",
-        f"first token {first_token_ms:,.0f} ms",
+        f"first token {t.first_token_ms:,.0f} ms",
         f"decode {t.decode_tokens_per_s:,.1f} tok/s ({u.completion_tokens} tokens, {answer.finish_reason})",
-        f"cache {human_bytes(session.cache_bytes)} {session.cache_status}",
+        f"cache {human_bytes(session.cache_bytes)} {session.cache_summary}",
         f"peak {peak_mib:,.0f} MiB",
     ]
     return " | ".join(parts)

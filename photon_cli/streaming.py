@@ -11,31 +11,39 @@ class TextStream:
     """Turn token ids into text pieces as they arrive, never splitting a UTF-8 character.
 
     A byte-level BPE token can end in the middle of a multi-byte character (emoji, CJK, accented
-    letters). The decoded text then ends in U+FFFD; such text is held back until the next token
-    completes the character. Only a short window of recent ids is re-decoded per token.
+    letters); the decoded text then ends in U+FFFD. Such a cut character is held back until the
+    token that completes it arrives, and every complete character before it is returned at once,
+    so text appears token by token. Only the ids since the last character boundary are
+    re-decoded per token.
     """
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.prefix_offset = 0  # start of the window that is re-decoded
-        self.read_offset = 0  # ids up to here have been emitted as text
+        self.window_start = 0  # ids before this index ended on a character boundary and are shown
+        self.shown = 0  # characters of the current window already returned
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        emitted = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        window = self.tokenizer.decode(self.ids[self.prefix_offset:])
-        if len(window) > len(emitted) and not window.endswith(REPLACEMENT):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return window[len(emitted):]
-        return ""
+        window = self.tokenizer.decode(self.ids[self.window_start:])
+        complete = window.rstrip(REPLACEMENT)
+        piece = complete[self.shown:]
+        if len(complete) == len(window):  # the window ends on a character boundary
+            self.window_start, self.shown = len(self.ids), 0
+        else:
+            self.shown = max(self.shown, len(complete))
+        return piece
 
     def flush(self) -> str:
-        """Text still held back at the end of the stream (a truncated character decodes as U+FFFD)."""
-        emitted = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        window = self.tokenizer.decode(self.ids[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return window[len(emitted):]
+        """Text still held back at the end of the stream.
+
+        A character whose bytes were cut off (by max_tokens, a stop or an interrupt) is dropped
+        rather than returned as U+FFFD.
+        """
+        window = self.tokenizer.decode(self.ids[self.window_start:])
+        piece = window.rstrip(REPLACEMENT)[self.shown:]
+        self.window_start, self.shown = len(self.ids), 0
+        return piece
 
 
 class StopMatcher:

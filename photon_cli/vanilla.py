@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from photon_cli.config import VanillaConfig
 from photon_cli.kv_cache import StackCache
-from photon_cli.layers import RMSNorm, TransformerStack
+from photon_cli.layers import Linear, RMSNorm, TransformerStack
 
 
 class Vanilla(nn.Module):
@@ -19,7 +19,7 @@ class Vanilla(nn.Module):
         self.token_embed = nn.Embedding(c.vocab_size, c.d_model)
         self.stack = TransformerStack(c.n_layers, c.d_model, c.n_heads, c.d_ff, c.rope_base,
                                       c.rope_scale, c.norm_eps)
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head = Linear(c.d_model, c.vocab_size, bias=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=c.init_std)

@@ -1,6 +1,8 @@
 """Weights files: safetensors with the model config and tokenizer hash in the metadata.
 
-Loading is strict: any missing, unexpected or mis-shaped tensor is an error that names it.
+Loading is strict: any missing, unexpected or mis-shaped tensor is an error that names it. The
+tensor names and shapes in the file header are checked against the config before any tensor is
+read or the model is allocated, so a damaged or foreign file fails fast with WeightsError.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ WEIGHTS_FORMAT_VERSION = 1
 
 class WeightsError(ValueError):
     """A weights file is missing, unreadable, or does not match the model it claims to hold."""
+
+
+# Errors that reading a damaged safetensors file can raise besides SafetensorError.
+READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, TypeError, KeyError, OverflowError)
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 @dataclass
@@ -76,14 +83,17 @@ def save_weights(model: nn.Module, path: Path, tokenizer_sha256: str = "",
 def read_metadata(path: Path) -> dict[str, str]:
     """Read the header of a weights file without loading tensors."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights path {path} is a directory; pass --model with a .safetensors file")
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found; pass --model with a .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as error:
+    except READ_ERRORS as error:
+        message = " ".join(str(error).split())
         raise WeightsError(
-            f"{path} is not a readable safetensors file ({error}); re-download or re-export it"
+            f"{path} is not a readable safetensors file ({message}); re-download or re-export it"
         ) from None
     if metadata.get("format") != WEIGHTS_FORMAT or "config" not in metadata:
         raise WeightsError(
@@ -93,15 +103,20 @@ def read_metadata(path: Path) -> dict[str, str]:
     return metadata
 
 
-def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Raise WeightsError listing missing, unexpected and mis-shaped tensors."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor | tuple[int, ...]],
+                     source: str) -> None:
+    """Raise WeightsError listing missing, unexpected and mis-shaped tensors.
+
+    `tensors` maps names to tensors or to shapes (as read from a file header).
+    """
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t) for name, t in tensors.items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     mismatched = sorted(
-        f"{name} {tuple(tensors[name].shape)} != {tuple(expected[name].shape)}"
-        for name in set(expected) & set(tensors)
-        if tensors[name].shape != expected[name].shape
+        f"{name} {found[name]} != {expected[name]}"
+        for name in set(expected) & set(found)
+        if found[name] != expected[name]
     )
     problems = []
     if missing:
@@ -121,17 +136,28 @@ def load_weights(path: Path, device: str | torch.device = "cpu",
     metadata = read_metadata(path)
     try:
         config = config_from_dict(json.loads(metadata["config"]))
-    except (json.JSONDecodeError, ConfigError, TypeError) as error:
-        raise WeightsError(f"{path} has an invalid config in its metadata: {error}") from None
+        with torch.device("meta"):
+            shapes_model = build_model(config)  # shapes only, nothing allocated
+    except (ValueError, ConfigError, TypeError, AttributeError, RuntimeError, OverflowError,
+            RecursionError) as error:
+        message = " ".join(str(error).split())
+        raise WeightsError(f"{path} has an invalid config in its metadata: {message}") from None
     try:
-        tensors = {}
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                tensors[name] = handle.get_tensor(name)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise WeightsError(f"{path} is truncated or corrupt ({error}); re-download it") from None
+            headers = {name: handle.get_slice(name) for name in handle.keys()}
+            shapes = {name: tuple(header.get_shape()) for name, header in headers.items()}
+            not_float = sorted(f"{name} ({header.get_dtype()})" for name, header in headers.items()
+                               if header.get_dtype() not in FLOAT_DTYPES)
+            check_state_dict(shapes_model, shapes, str(path))
+            if not_float:
+                raise WeightsError(f"{path} holds non-float tensors: {', '.join(not_float)}")
+            tensors = {name: handle.get_tensor(name) for name in headers}
+    except WeightsError:
+        raise
+    except READ_ERRORS as error:
+        message = " ".join(str(error).split())
+        raise WeightsError(f"{path} is truncated or corrupt ({message}); re-download it") from None
     model = build_model(config)
-    check_state_dict(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True)
     model.to(device=device, dtype=dtype).eval()
     return LoadedWeights(model, config, metadata, file_sha256(path), path)
