@@ -98,6 +98,26 @@ def rope_angles(positions: Tensor, head_dim: int, base: float, scale: float) -> 
     return angles.cos(), angles.sin()
 
 
+_ROPE_TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def rope_table(start: int, length: int, head_dim: int, base: float, scale: float,
+               device: torch.device) -> tuple[Tensor, Tensor]:
+    """Return float32 (cos, sin) for positions start..start+length-1 from a per-device table.
+
+    Decoding calls every stack once per token; slicing a table grown by doubling saves building
+    the angles each time. The table is float32 whatever the model's dtype.
+    """
+    key = (str(device), head_dim, base, scale)
+    table = _ROPE_TABLES.get(key)
+    end = start + length
+    if table is None or table[0].shape[0] < end:
+        size = 1 << max(10, (end - 1).bit_length())
+        table = rope_angles(torch.arange(size, device=device), head_dim, base, scale)
+        _ROPE_TABLES[key] = table
+    return table[0][start:end], table[1][start:end]
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x (B, H, T, K) by the angles (T, K/2), pairing dimension i with i + K/2."""
     x32 = x.float()
@@ -224,8 +244,7 @@ class TransformerStack(nn.Module):
 
     def forward(self, x: Tensor, cache: StackCache | None = None) -> Tensor:
         start = 0 if cache is None else cache.length
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        cos, sin = rope_angles(positions, self.head_dim, self.rope_base, self.rope_scale)
+        cos, sin = rope_table(start, x.shape[1], self.head_dim, self.rope_base, self.rope_scale, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if cache is None else cache.layers[i])
         return self.norm(x)
