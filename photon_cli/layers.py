@@ -139,6 +139,27 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> Tensor:
     return cols <= rows + offset  # (n_queries, n_keys) bool, True = may attend
 
 
+def folded_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Shared-prefix attention with the B rows folded into one product per head.
+
+    The prefix is read once per head for the whole batch, which is fastest, but a row's float
+    sums then depend on B. `prefix_attention` uses this outside `row_independent`.
+    """
+    B, H, T, K = q.shape
+    P, n = prefix_k.shape[2], k.shape[2]
+    scale = K ** -0.5
+    q_rows = q.permute(1, 0, 2, 3).reshape(H, B * T, K)  # (H, B*T, K)
+    prefix_scores = torch.matmul(q_rows, prefix_k[0].transpose(-1, -2)) * scale  # (H, B*T, P)
+    own_scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, n)
+    own_scores = own_scores.masked_fill(~causal_mask(T, n, q.device), float("-inf"))
+    own_scores = own_scores.permute(1, 0, 2, 3).reshape(H, B * T, n)
+    probs = torch.cat([prefix_scores, own_scores], dim=-1).float().softmax(-1).to(q.dtype)
+    out = torch.matmul(probs[..., :P], prefix_v[0])  # (H, B*T, K)
+    own_probs = probs[..., P:].reshape(H, B, T, n)
+    out = out + torch.matmul(own_probs, v.permute(1, 0, 2, 3)).reshape(H, B * T, K)
+    return out.reshape(H, B, T, K).permute(1, 0, 2, 3)  # (B, H, T, K)
+
+
 def prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Attention over a shared batch-1 prefix (1, H, P, K) followed by each row's own keys.
 
@@ -149,6 +170,8 @@ def prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, k: Tensor, v
     B, H, T, K = q.shape
     P, n = prefix_k.shape[2], k.shape[2]
     scale = K ** -0.5
+    if not _ROW_INDEPENDENT.get():
+        return folded_prefix_attention(q, prefix_k, prefix_v, k, v)
     prefix_keys, prefix_values = prefix_k[0].transpose(-1, -2), prefix_v[0]  # (H, K, P), (H, P, K)
     prefix_scores = torch.stack([independent_bmm(q[row], prefix_keys) for row in range(B)])  # (B, H, T, P)
     own_scores = independent_bmm(q.reshape(B * H, T, K), k.reshape(B * H, n, K).transpose(-1, -2))
