@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vanilla-max-prefill", type=int, default=32768)
+    parser.add_argument("--peer-max-prefill", type=int, default=8192,
+                        help="the peer prefills in one call, without blocks")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     args = parser.parse_args()
@@ -105,7 +107,7 @@ def main() -> None:
     peer = build_llama_peer(vanilla.config)
     settings = default_settings([int(x) for x in args.doc_lengths.split(",")],
                                 [int(x) for x in args.batch_sizes.split(",")], args.new_tokens)
-    limits = {"vanilla": args.vanilla_max_prefill, "llama-peer": args.vanilla_max_prefill}
+    limits = {"vanilla": args.vanilla_max_prefill, "llama-peer": args.peer_max_prefill}
     results = run_benchmark(photon, vanilla, settings, args.repeats, peer, max_prefill_tokens=limits,
                             on_result=lambda row: log.info("done %s", setting_label(row["setting"])))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from photon_cli.generation import (RECGEN, MODES, PhotonState, VanillaState, emp
 from photon_cli.kv_cache import KVCache, StackCache
 from photon_cli.layers import row_independent
 from photon_cli.model import Photon
-from photon_cli.prompt import EOS_ID, document_tokens, question_tokens
+from photon_cli.prompt import EOS_ID, answer_lead, document_tokens, question_tokens
 from photon_cli.sampling import Sampler, SamplingOptions
 from photon_cli.streaming import StopMatcher, TextStream
 from photon_cli.text import normalize_text
@@ -415,9 +415,14 @@ class Engine:
     # ---- answers ---------------------------------------------------------------------------
 
     def question_ids(self, session: Session, question: str) -> list[int]:
-        """The tokens encoded for one question: document tail, padding, question markers."""
+        """The tokens read for one question: document tail, padding, question markers, answer lead.
+
+        PHOTON encodes all but the answer lead as whole meta-contexts; the lead (C_1 padding
+        tokens) is forced into the first decoded meta-context.
+        """
         text = normalize_question(question)
-        return session.tail + question_tokens(len(session.doc_ids), self.tokenize(text), self.unit)
+        lead = answer_lead(self.config.chunk_sizes[0] if self.is_photon else 4)
+        return session.tail + question_tokens(len(session.doc_ids), self.tokenize(text), self.unit) + lead
 
     def answer(self, session: Session, question: str, options: SamplingOptions, mode: str = RECGEN,
                on_text: Callable[[str], None] | None = None) -> Answer:
@@ -425,12 +430,11 @@ class Engine:
         return self.generate_batch(session, [query], options, mode, on_text)[0]
 
     def generate_batch(self, session: Session, queries: list[list[int]], options: SamplingOptions,
-                       mode: str = RECGEN, on_text: Callable[[str], None] | None = None,
-                       forced_tail: bool = False) -> list[Answer]:
+                       mode: str = RECGEN, on_text: Callable[[str], None] | None = None) -> list[Answer]:
         """Answer queries of equal length together against the shared document state.
 
-        Queries are whole meta-contexts (see `question_ids`), or with `forced_tail` fewer tokens
-        than one meta-context, forced into the first decoded one. Each row is computed exactly as
+        PHOTON encodes the whole meta-contexts of the queries and forces the remaining tokens
+        (the answer lead, or a plain prompt's tail) into the first decoded one. Each row is computed exactly as
         if it were alone (`layers.row_independent`, one random generator per row), so an answer
         does not depend on the batch it is in. `on_text` receives row 0's text as it streams.
         KeyboardInterrupt during decoding stops it; the answers so far are returned with
@@ -458,7 +462,7 @@ class Engine:
         stops = [StopMatcher(options.stop) for _ in queries]
         query_done = first_token_at = None
         with row_independent():
-            steps = self._start(session, query, pick, mode, forced_tail)
+            steps = self._start(session, query, pick, mode)
             query_done = time.perf_counter()
             try:
                 for tokens in steps:
@@ -489,15 +493,14 @@ class Engine:
                 total_ms=(finished - started) * 1e3)
         return answers
 
-    def _start(self, session: Session, query: torch.Tensor, pick, mode: str, forced_tail: bool):
+    def _start(self, session: Session, query: torch.Tensor, pick, mode: str):
         """Fork the document state for the batch, encode the queries, return the step iterator."""
         B = query.shape[0]
         if self.is_photon:
             state = fork(session.state, B)
-            if forced_tail:
-                return photon_steps(self.model, state, query, pick, mode)
-            encode_units(self.model, state, query)
-            return photon_steps(self.model, state, query[:, :0], pick, mode)
+            whole = query.shape[1] // self.unit * self.unit  # the queries start on a boundary
+            encode_units(self.model, state, query[:, :whole])
+            return photon_steps(self.model, state, query[:, whole:], pick, mode)
         cache = session.state.cache.share_prefix(B)
         if query.shape[1] == 0:
             logits = session.state.last_logits.expand(B, -1)

@@ -1,13 +1,14 @@
 """The prompt format that joins a document and a question; defined here and nowhere else.
 
-    <|document|> DOCUMENT <|pad|> x p <|question|> QUESTION <|answer|> ANSWER <|endoftext|>
+    <|document|> DOCUMENT <|pad|> x p <|question|> QUESTION <|answer|> <|pad|> x C_1 ANSWER <|endoftext|>
 
-p >= 0 padding tokens go between the document and the question so that the prompt ends exactly
-on a meta-context boundary (a multiple of U = prod C_l tokens). PHOTON's first generated
-meta-context is forecast from the top-level state of the last whole meta-context, so this is
-what lets the whole question condition the first answer chunk. Padding is a dedicated special
-token placed before the question, never a real token after it. The document's own tokens do not
-depend on the question, so a cached document serves every question.
+p >= 0 padding tokens go between the document and the question so that <|answer|> ends a
+meta-context (a multiple of U = prod C_l tokens). In PHOTON the first C_1-token chunk of a
+meta-context is conditioned on a forecast made before the previous meta-context was read, so it
+cannot see the question. That chunk is therefore filled with C_1 known padding tokens (the
+answer lead), and every answer token is predicted from forecasts that include the whole
+question. Padding is a dedicated special token, never a real one. The document's own tokens do
+not depend on the question, so a cached document serves every question.
 """
 
 from __future__ import annotations
@@ -36,22 +37,27 @@ def question_tokens(document_length: int, question_ids: list[int], unit: int) ->
     return [PAD_ID] * padding + body
 
 
+def answer_lead(chunk: int = 4) -> list[int]:
+    """The padding chunk between <|answer|> and the answer; `chunk` is the model's C_1."""
+    return [PAD_ID] * chunk
+
+
 @dataclass(frozen=True)
 class QAPrompt:
     document: list[int]  # <|document|> + document ids
-    query: list[int]  # padding + <|question|> question <|answer|>
+    query: list[int]  # padding + <|question|> question <|answer|> + answer lead
 
     @property
     def tokens(self) -> list[int]:
         return self.document + self.query
 
 
-def build_prompt(document_ids: list[int], question_ids: list[int], unit: int) -> QAPrompt:
+def build_prompt(document_ids: list[int], question_ids: list[int], unit: int, lead: int = 4) -> QAPrompt:
     document = document_tokens(document_ids)
-    return QAPrompt(document, question_tokens(len(document), question_ids, unit))
+    return QAPrompt(document, question_tokens(len(document), question_ids, unit) + answer_lead(lead))
 
 
 def training_sample(document_ids: list[int], question_ids: list[int], answer_ids: list[int],
-                    unit: int) -> list[int]:
+                    unit: int, lead: int = 4) -> list[int]:
     """One QA training sample in the exact format `ask` uses, answer and <|endoftext|> included."""
-    return build_prompt(document_ids, question_ids, unit).tokens + list(answer_ids) + [EOS_ID]
+    return build_prompt(document_ids, question_ids, unit, lead).tokens + list(answer_ids) + [EOS_ID]

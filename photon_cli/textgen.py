@@ -30,6 +30,6 @@ def continue_text(engine: Engine, prompt: str, options: SamplingOptions, mode: s
         state = vanilla_prefill(engine.model, tensor)
     document = Document(prompt, "<prompt>", "")
     session = Session(document, ids, whole, state, False, "disabled", None, 0, 0.0, 0)
-    # The engine's batch loop takes a query of the remaining tokens; for PHOTON they are forced
-    # into the first meta-context rather than encoded as whole units.
-    return engine.generate_batch(session, [ids[whole:]], options, mode, on_text, forced_tail=True)[0]
+    # The remaining tokens are fewer than one meta-context, so PHOTON forces them into the first
+    # decoded meta-context rather than encoding them.
+    return engine.generate_batch(session, [ids[whole:]], options, mode, on_text)[0]

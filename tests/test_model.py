@@ -239,3 +239,22 @@ def test_rope_distinct_in_half_precision():
         pairs = torch.cdist(rotated[0, 0], rotated[0, 0])
         off_diagonal = pairs + torch.eye(len(positions)) * 1e9
         assert off_diagonal.min() > 0, dtype
+
+
+def test_answer_tokens_see_whole_question():
+    """With the answer lead, the first answer token depends on the question's last token."""
+    from photon_cli.prompt import build_prompt
+
+    model = make_photon()
+    document = random_tokens(40)[0].tolist()
+    first_answer_logits = []
+    for last in (50, 51):
+        prompt = build_prompt(document, [30, 31, 32, last], U).tokens
+        whole = len(prompt) // U * U
+        state = prefill(model, torch.tensor([prompt[:whole]]))
+        tail = torch.tensor([prompt[whole:]])
+        forced = torch.full((1, U), -1)
+        forced[0, :tail.shape[1]] = tail
+        _, logits = decode_meta_context(model, state, lambda x: x.argmax(-1), HIERGEN, forced)
+        first_answer_logits.append(logits[0, tail.shape[1]])
+    assert (first_answer_logits[0] - first_answer_logits[1]).abs().max() > 1e-4

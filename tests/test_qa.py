@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from photon_cli.data import qa
-from photon_cli.prompt import ANSWER_ID, DOCUMENT_ID, EOS_ID, QUESTION_ID, training_sample
+from photon_cli.prompt import ANSWER_ID, DOCUMENT_ID, EOS_ID, PAD_ID, QUESTION_ID, training_sample
 from photon_cli.tokenizer import load_tokenizer, train_tokenizer
 
 WORDS = (
@@ -270,13 +270,16 @@ def test_distance_tokens_counts_to_question(corpus, tokenizer):
         assert abs(example.distance_tokens - expected) <= 2, example.kind
 
 
-def test_answer_starts_on_unit_multiple(corpus, tokenizer):
+def test_answer_follows_lead_chunk(corpus, tokenizer):
+    """<|answer|> ends a meta-context; a chunk of 4 padding tokens comes before the answer."""
     for example in examples_for(corpus, tokenizer, [0, 37, 250], seed=13):
         question_ids = tokenizer.encode(example.question).ids
         answer_ids = tokenizer.encode(example.answer).ids
         sample = training_sample(example.document_ids, question_ids, answer_ids, qa.UNIT)
-        answer_start = sample.index(ANSWER_ID) + 1
-        assert answer_start % qa.UNIT == 0
+        marker = sample.index(ANSWER_ID)
+        assert (marker + 1) % qa.UNIT == 0
+        assert sample[marker + 1:marker + 5] == [PAD_ID] * 4
+        answer_start = marker + 5
         assert sample[0] == DOCUMENT_ID
         assert tokenizer.decode(sample[answer_start:-1]) == example.answer
 
@@ -381,8 +384,9 @@ def test_rows_put_answer_on_unit(rows, tokenizer):
     row_records = [json.loads(line) for line in out_path.with_suffix(".rows.jsonl").read_text().splitlines()]
     for row, record in zip(data, row_records):
         answer_start = record["answer_start"]
-        assert answer_start % qa.UNIT == 0
-        assert row[answer_start - 1] == ANSWER_ID
+        assert answer_start % qa.UNIT == 4
+        assert row[answer_start - 5] == ANSWER_ID
+        assert row[answer_start - 4:answer_start].tolist() == [PAD_ID] * 4
         assert row[record["sample_tokens"] - 1] == EOS_ID
         assert tokenizer.decode(row[answer_start:record["sample_tokens"] - 1].tolist()) == record["answer"]
 

@@ -107,6 +107,11 @@ class ScriptedSampler(Sampler):
         return torch.tensor([tokens] * B)
 
 
+def answer_lead(kind: str) -> list[int]:
+    """Scripted tokens for PHOTON's first decoded chunk, which the forced answer lead replaces."""
+    return [0] * 4 if kind == "photon" else []
+
+
 @pytest.fixture
 def scripted(monkeypatch):
     ScriptedSampler.calls = 0
@@ -126,7 +131,7 @@ def test_eos_mid_chunk_stops_output(tiny_dir, tokenizer, document, scripted, kin
     before = tokenizer.encode("Café 東京!", add_special_tokens=False).ids
     after = tokenizer.encode(" LEAKED TEXT", add_special_tokens=False).ids
     assert len(before) % 4 != 0  # EOS lands inside a 4-token chunk, not at its start
-    scripted.script = before + [EOS_ID] + after
+    scripted.script = answer_lead(kind) + before + [EOS_ID] + after
 
     streamed = invoke("ask", document, "Who?", *model_args(tiny_dir, kind), "-n", 64)
     scripted.calls = 0
@@ -144,7 +149,7 @@ def test_eos_mid_chunk_stops_output(tiny_dir, tokenizer, document, scripted, kin
 @pytest.mark.parametrize("max_tokens", [1, 21, 33])
 def test_max_tokens_exact(tiny_dir, tokenizer, document, scripted, kind, max_tokens):
     digits = tokenizer.encode("0123456789" * 5, add_special_tokens=False).ids
-    scripted.script = digits
+    scripted.script = answer_lead(kind) + digits
 
     result = invoke("ask", document, "Who?", *model_args(tiny_dir, kind), "-n", max_tokens, "--json")
     record = json.loads(result.stdout)
@@ -156,7 +161,7 @@ def test_max_tokens_exact(tiny_dir, tokenizer, document, scripted, kind, max_tok
 
 
 def test_stop_string_cuts_answer(tiny_dir, tokenizer, document, scripted):
-    scripted.script = tokenizer.encode("Café au lait. STOP here", add_special_tokens=False).ids
+    scripted.script = answer_lead("photon") + tokenizer.encode("Café au lait. STOP here", add_special_tokens=False).ids
 
     result = invoke("ask", document, "Who?", *model_args(tiny_dir), "-n", 40, "--stop", "STOP")
     scripted.calls = 0
@@ -170,7 +175,7 @@ def test_stop_string_cuts_answer(tiny_dir, tokenizer, document, scripted):
 
 def test_engine_stream_matches_answer_text(tiny_dir, tokenizer, document, scripted):
     text = "résumé 😀東京🎉 naïve"
-    scripted.script = tokenizer.encode(text, add_special_tokens=False).ids + [EOS_ID]
+    scripted.script = answer_lead("photon") + tokenizer.encode(text, add_special_tokens=False).ids + [EOS_ID]
     engine = Engine(tiny_dir / "photon.safetensors", use_cache=False)
     session = engine.open(read_document(document))
     pieces = []
