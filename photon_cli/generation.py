@@ -31,7 +31,7 @@ Picker = Callable[[Tensor], Tensor]  # logits (B, N, V) -> tokens (B, N)
 
 @dataclass
 class PhotonState:
-    """What generation needs to continue after a prefix of whole meta-contexts.
+    """Generation state after a prefix of whole meta-contexts.
 
     caches[l - 1] is the KV cache of context encoder F^(l), or None once dropped (RecGen keeps only
     the top). carries[l - 1] (B, D) is the last level-l forecast of the latest meta-context, which
@@ -129,7 +129,7 @@ def prefill(model: Photon, tokens: Tensor, progress: Callable[[int, int], None] 
 
 
 def fork(state: PhotonState, batch: int, capacity: int = 64) -> PhotonState:
-    """A batch of query states that read a batch-1 state's caches as a shared, unmodified prefix."""
+    """Make a batch of query states that read a batch-1 state's caches as a shared, unmodified prefix."""
     if state.batch != 1:
         raise ValueError(f"fork needs a batch-1 state, got batch {state.batch}")
     caches = [None if cache is None else cache.share_prefix(batch, capacity) for cache in state.caches]
@@ -143,7 +143,7 @@ def decode_meta_context(model: Photon, state: PhotonState, pick: Picker, mode: s
                         forced: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Decode the next meta-context and advance the state; return tokens (B, U) and logits (B, U, V).
 
-    forced (B, U) holds known tokens (>= 0) that replace the sampled ones, as for the partial
+    forced (B, U) contains known tokens (>= 0) that replace the sampled ones, as for the partial
     last meta-context of a prompt; -1 marks slots to sample.
     """
     c = model.config
@@ -194,7 +194,7 @@ def photon_steps(model: Photon, state: PhotonState, tail: Tensor, pick: Picker,
                  mode: str = RECGEN) -> Iterator[Tensor]:
     """Yield the tokens of each decoded meta-context (B, U), without end.
 
-    `tail` (B, r) with r < U holds prompt tokens after the last whole meta-context; they are
+    `tail` (B, r) with r < U contains prompt tokens after the last whole meta-context; they are
     forced into the first step and not yielded again.
     """
     U = model.config.tokens_per_unit

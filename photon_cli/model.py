@@ -1,8 +1,8 @@
 """PHOTON: a hierarchical autoregressive language model (Ichikawa et al., arXiv 2512.20687).
 
-Bottom-up, context encoders F^(l) compress tokens into coarser unit streams; top-down, latent
-decoders G^(l) forecast the units of the level below and the token decoder G^(1) rebuilds tokens
-inside bounded chunks. The teacher-forced `forward` here is the oracle that every generation path
+Bottom-up, context encoders F^(l) compress tokens into coarser unit streams. Top-down, latent
+decoders G^(l) forecast the units of the level below, and the token decoder G^(1) rebuilds
+tokens inside bounded chunks. The teacher-forced `forward` here is the oracle that every generation path
 (prefill, HierGen, RecGen) is tested against.
 
 Dimension letters: B batch, T tokens, L levels, M_l units at level l, C_l chunk length,

@@ -25,7 +25,7 @@ ANSWER_ID = SPECIAL_TOKEN_IDS[SPECIAL_TOKENS["answer"]]
 
 
 def document_tokens(text_ids: list[int]) -> list[int]:
-    """The document part of the prompt: <|document|> followed by the document's token ids."""
+    """Return the document part of the prompt: <|document|> followed by the document's token ids."""
     return [DOCUMENT_ID] + list(text_ids)
 
 
@@ -38,7 +38,7 @@ def question_tokens(document_length: int, question_ids: list[int], unit: int) ->
 
 
 def answer_lead(chunk: int = 4) -> list[int]:
-    """The padding chunk between <|answer|> and the answer; `chunk` is the model's C_1."""
+    """Return the padding chunk that follows <|answer|>; `chunk` is the model's C_1."""
     return [PAD_ID] * chunk
 
 
@@ -59,5 +59,5 @@ def build_prompt(document_ids: list[int], question_ids: list[int], unit: int, le
 
 def training_sample(document_ids: list[int], question_ids: list[int], answer_ids: list[int],
                     unit: int, lead: int = 4) -> list[int]:
-    """One QA training sample in the exact format `ask` uses, answer and <|endoftext|> included."""
+    """Build one QA training sample in the exact format `ask` uses, with the reference answer and <|endoftext|>."""
     return build_prompt(document_ids, question_ids, unit, lead).tokens + list(answer_ids) + [EOS_ID]
