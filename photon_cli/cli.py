@@ -241,7 +241,7 @@ def serve_cache(
     output_file: Annotated[str, typer.Option("--output", "-o", help="JSONL answers, or - for stdout.")] = "-",
     batch_size: Annotated[int, typer.Option(help="Queries decoded together.")] = 8,
     resume: Annotated[bool, typer.Option("--resume", help="Skip ids already answered in --output (appends).")] = False,
-    max_question_tokens: Annotated[int, typer.Option(help="Longest question accepted, in tokens.")] = 1024,
+    max_question_tokens: Annotated[int, typer.Option(help="Maximum question length, in tokens.")] = 1024,
     model: ModelOpt = DEFAULT_MODEL,
     tokenizer: TokenizerOpt = None,
     max_tokens: MaxTokensOpt = 128,
@@ -532,7 +532,7 @@ def eval_qa(
     eval_file: Annotated[Path, typer.Option(help="JSONL of held-out questions (document, question, answer, distance_tokens).")] = Path("data/qa/eval.jsonl"),
     models: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Weights to evaluate (repeatable; default: both shipped models).")] = None,
     limit: Annotated[int, typer.Option(help="Evaluate at most this many records (0 = all).")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer generated.")] = 48,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum tokens generated per answer.")] = 48,
     device: DeviceOpt = "auto",
     json_out: Annotated[Optional[Path], typer.Option(help="Write the per-record rows and summaries here.")] = None,
 ):

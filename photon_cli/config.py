@@ -48,8 +48,8 @@ class PhotonConfig:
     rope_scale: float = 1.0  # linear position interpolation: positions are divided by this
     norm_eps: float = 1e-5
     rec_loss_weight: float = 0.3  # alpha in L = L_token + alpha * L_rec
-    train_context: int = 1024  # longest sequence (tokens) the weights were trained on
-    max_context: int = 262144  # longest document `ask` accepts without --truncate
+    train_context: int = 1024  # maximum sequence length (tokens) the weights were trained on
+    max_context: int = 262144  # maximum document length (tokens) `ask` accepts without --truncate
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -174,7 +174,7 @@ PRESETS: dict[str, ModelConfig] = {
     "small": PhotonConfig(vocab_size=8192, d_model=256, n_heads=4, d_ff=704),
     # The baseline at the same width: 8 layers, about 10.7M parameters.
     "vanilla-small": VanillaConfig(vocab_size=8192, d_model=256, n_heads=4, d_ff=704, n_layers=8),
-    # The paper's 600M model (LLaMA 32k vocabulary, D = 1664, 4 layers per stack).
+    # PHOTON 600M from arXiv 2512.20687 (LLaMA 32k vocabulary, D = 1664, 4 layers per stack).
     "600m": PhotonConfig(vocab_size=32000, d_model=1664, n_heads=32, d_ff=4096,
                          encoder_layers=(4, 4), decoder_layers=(4, 4), train_context=2048),
     "vanilla-600m": VanillaConfig(vocab_size=32000, d_model=1664, n_heads=32, d_ff=4096,

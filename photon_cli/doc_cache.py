@@ -63,7 +63,7 @@ def pause_for_tests(point: str) -> None:
 
 
 class CacheError(Exception):
-    """A cache file cannot be used; the message says why."""
+    """A cache file cannot be used; the message gives the reason."""
 
 
 # Errors that reading a damaged safetensors file can raise besides SafetensorError.

@@ -421,7 +421,8 @@ class Engine:
         tokens) is forced into the first decoded meta-context.
         """
         text = normalize_question(question)
-        lead = answer_lead(self.config.chunk_sizes[0] if self.is_photon else 4)
+        # The vanilla baseline reads the same layout (default lead) so both models see one format.
+        lead = answer_lead(self.config.chunk_sizes[0]) if self.is_photon else answer_lead()
         return session.tail + question_tokens(len(session.doc_ids), self.tokenize(text), self.unit) + lead
 
     def answer(self, session: Session, question: str, options: SamplingOptions, mode: str = RECGEN,

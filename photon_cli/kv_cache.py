@@ -140,7 +140,7 @@ class StackCache:
         return sum(layer.nbytes() for layer in self.layers)
 
     def expand_batch(self, batch: int, spare: int = 0) -> StackCache:
-        """Per-row copies of a batch-1 cache (what the paper's per-query protocol holds)."""
+        """Per-row copies of a batch-1 cache (the per-query protocol of the PHOTON paper's benchmarks)."""
         return StackCache([layer.expand_batch(batch, spare) for layer in self.layers])
 
     def share_prefix(self, batch: int, capacity: int = 64) -> StackCache:

@@ -8,6 +8,7 @@ after lower-casing and collapsing punctuation and whitespace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -16,8 +17,6 @@ from typing import Callable, Iterable
 
 from photon_cli.engine import Document, Engine
 from photon_cli.sampling import SamplingOptions
-
-import hashlib
 
 
 def normalize_answer(text: str) -> str:

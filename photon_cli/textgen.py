@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from photon_cli.engine import Answer, Engine, Session, Document
-from photon_cli.generation import photon_steps, prefill, empty_state, vanilla_prefill
+from photon_cli.engine import Answer, Document, Engine, Session
+from photon_cli.generation import empty_state, prefill, vanilla_prefill
 from photon_cli.prompt import EOS_ID
 from photon_cli.sampling import SamplingOptions
 from photon_cli.text import normalize_text

@@ -158,7 +158,8 @@ def test_full_disk_still_answers(tiny_dir, document, cache_dir, monkeypatch, fai
     assert "No space left on device" in record["cache_reason"]
     [warning] = stderr_lines(result)
     assert warning.startswith("WARNING: document cache not saved")
-    assert "No space left on device" in warning and "the answer is unaffected" in warning
+    assert "No space left on device" in warning
+    assert "the answer is unaffected" in warning
     assert cache_files(cache_dir) == []
     assert temporary_files(cache_dir) == []
 

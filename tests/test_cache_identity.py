@@ -242,7 +242,8 @@ def test_replaced_weights_rebuild_cache(tiny_dir, document, tmp_path):
     assert second.exit_code == 0, second.output
     assert record["cache"] == "rebuilt"
     assert "weights_fingerprint" in record["cache_reason"]
-    assert "weights_fingerprint" in second.stderr and "building a new one" in second.stderr
+    assert "weights_fingerprint" in second.stderr
+    assert "building a new one" in second.stderr
     assert record["answer"] == json.loads(cold.stdout)["answer"]
     assert len(cache_files(tmp_path / "cache")) == 2
 
@@ -254,7 +255,8 @@ def test_stats_report_reused_and_encoded_tokens(tiny_dir, tmp_path):
     loaded = invoke("ask", path, "Which digit?", *model_args(tiny_dir), "-n", 4)
 
     assert "85 tokens (0 reused from cache, 85 encoded now)" in built.stderr
-    assert "cache" in built.stderr and "built" in built.stderr
+    assert "cache" in built.stderr
+    assert "built" in built.stderr
     assert "85 tokens (80 reused from cache, 5 encoded now)" in loaded.stderr
     assert "loaded" in loaded.stderr
 

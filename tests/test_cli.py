@@ -38,8 +38,10 @@ def ask_json(tiny_dir, document, question="Who wants a wife?", *extra, kind="pho
 def test_ask_streams_answer_and_stats(tiny_dir, document, kind):
     result = invoke("ask", document, "Who wants a wife?", *model_args(tiny_dir, kind), "-n", 10)
     assert result.exit_code == 0, result.output
-    assert "document" in result.stderr and "encoded now" in result.stderr
-    assert "cache" in result.stderr and "built" in result.stderr
+    assert "document" in result.stderr
+    assert "encoded now" in result.stderr
+    assert "cache" in result.stderr
+    assert "built" in result.stderr
 
 
 @pytest.mark.parametrize("kind", ["photon", "vanilla"])
@@ -83,7 +85,8 @@ def test_serve_cache_answers_in_order(tiny_dir, document, tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [f"q{i}" for i in range(5)]
-    assert all(r["error"] is None and r["finish_reason"] in ("eos", "length") for r in records)
+    assert all(r["error"] is None for r in records)
+    assert all(r["finish_reason"] in ("eos", "length") for r in records)
 
 
 def test_serve_cache_matches_ask(tiny_dir, document, tmp_path):
@@ -134,7 +137,8 @@ def test_cache_ls_info_rm_clear(tiny_dir, document):
     listing = invoke("cache", "ls", "--json")
     assert listing.exit_code == 0
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
-    assert len(rows) == 1 and rows[0]["error"] is None
+    assert len(rows) == 1
+    assert rows[0]["error"] is None
     info = invoke("cache", "info", document)
     assert info.exit_code == 0, info.output
     record = json.loads(info.stdout)
@@ -146,7 +150,8 @@ def test_cache_ls_info_rm_clear(tiny_dir, document):
     assert invoke("cache", "info", document).exit_code == 1
     ask_json(tiny_dir, document)
     cleared = invoke("cache", "clear")
-    assert cleared.exit_code == 0 and "removed 1" in cleared.stderr
+    assert cleared.exit_code == 0
+    assert "removed 1" in cleared.stderr
 
 
 def test_info_shows_config(tiny_dir):
@@ -167,7 +172,8 @@ def test_eval_prints_perplexity(tiny_dir, document):
     result = invoke("eval", tiny_dir / "photon.safetensors", document, "--context", 32, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["perplexity"] > 1 and len(record["by_position"]) > 1
+    assert record["perplexity"] > 1
+    assert len(record["by_position"]) > 1
 
 
 def test_chat_answers_and_commands(tiny_dir, document):
@@ -189,10 +195,12 @@ def test_chat_answers_and_commands(tiny_dir, document):
                        "/show\n/stats\n/help\n/reset\nWho?\n/exit\n")
         shell.run()
     text = log.getvalue()
-    assert "loaded" in text and "cache built" in text
+    assert "loaded" in text
+    assert "cache built" in text
     assert "temperature = 0.5" in text
     assert "unknown setting 'bogus'" in text
-    assert "settings:" in text and "/load FILE" in text
+    assert "settings:" in text
+    assert "/load FILE" in text
     assert "no document loaded" in text
     assert "(5 tokens, length)" in text  # /stats after the answer
     assert out.getvalue().count("\n") == 1  # one answer streamed to stdout

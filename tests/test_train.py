@@ -55,7 +55,8 @@ def test_export_records_training(data_dir, tmp_path):
     assert loaded.config.train_context == 64
     import json
     phases = json.loads(loaded.metadata["training"])["phases"]
-    assert phases[0]["steps"] == 2 and phases[0]["tokens_seen"] == 2 * 4 * 64
+    assert phases[0]["steps"] == 2
+    assert phases[0]["tokens_seen"] == 2 * 4 * 64
     assert "val_loss" in phases[0]["final_eval"]
 
 
@@ -86,4 +87,5 @@ def test_torchrun_two_cpu_processes(data_dir, tmp_path):
     loaded = load_weights(out / "model.safetensors")
     import json
     phase = json.loads(loaded.metadata["training"])["phases"][0]
-    assert phase["world_size"] == 2 and phase["tokens_seen"] == 3 * 2 * 2 * 64
+    assert phase["world_size"] == 2
+    assert phase["tokens_seen"] == 3 * 2 * 2 * 64
