@@ -572,14 +572,15 @@ def eval_qa(
 def data_fetch(
     work_dir: Annotated[Path, typer.Option(help="Downloaded packages and raw text.")] = Path("data/raw"),
     out_dir: Annotated[Path, typer.Option(help="Corpus output folder.")] = Path("data/corpus"),
-    tokenizer_out: Annotated[Path, typer.Option(help="Where to write the trained tokenizer.")] = Path("weights/tokenizer.json"),
+    tokenizer_out: Annotated[Path, typer.Option(help="Tokenizer to use; trained and written here when missing.")] = Path("weights/tokenizer.json"),
+    retrain_tokenizer: Annotated[bool, typer.Option(help="Train a new tokenizer over --tokenizer-out; the shipped weights cannot read its tokens.")] = False,
 ):
-    """Install the licence-clean sources by package name and build the corpus and tokenizer."""
+    """Install the licence-clean sources by package name and build the corpus (and the tokenizer when missing)."""
     from photon_cli.data.corpus import prepare_corpus
 
     logging.getLogger().setLevel(logging.INFO)
     try:
-        outputs = prepare_corpus(work_dir, out_dir, tokenizer_out)
+        outputs = prepare_corpus(work_dir, out_dir, tokenizer_out, retrain_tokenizer=retrain_tokenizer)
     except (OSError, RuntimeError, ValueError) as error:
         fail(str(error))
     for name, path in outputs.items():
@@ -603,6 +604,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Write checkpoint.pt every N steps.")] = 100,
     mix_file: Annotated[Optional[Path], typer.Option(help="Rows of exactly --context tokens (e.g. QA samples) mixed into each batch.")] = None,
     mix_ratio: Annotated[float, typer.Option(help="Fraction of each batch drawn from --mix-file.")] = 0.5,
+    answer_weight: Annotated[float, typer.Option(help="Loss weight of answer tokens (after <|answer|>) relative to the rest.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and batch sampling.")] = 1234,
     precision: Annotated[Precision, typer.Option(help="Autocast precision.")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="Wrap the model in torch.compile.")] = False,
@@ -617,7 +619,7 @@ def train(
                       context=context, batch_size=batch_size, grad_accum=grad_accum,
                       max_steps=max_steps, max_minutes=max_minutes, lr=lr,
                       warmup_steps=warmup_steps, eval_every=eval_every,
-                      checkpoint_every=checkpoint_every, mix_file=mix_file, mix_ratio=mix_ratio,
+                      checkpoint_every=checkpoint_every, mix_file=mix_file, mix_ratio=mix_ratio, answer_weight=answer_weight,
                       seed=seed, precision=precision.value, compile=compile, device=device,
                       threads=threads)
 

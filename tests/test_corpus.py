@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from photon_cli.data import corpus as corpus_module
 from photon_cli.data import extract
 from photon_cli.data.corpus import (
     MIX,
@@ -485,3 +486,19 @@ def test_drop_heldout_copies():
 
     assert [r["title"] for r in dropped] == ["fileformat.html"]
     assert [r["title"] for r in kept] == ["lang.html", "short.html"]
+
+
+@pytest.mark.parametrize("exists, retrain, trained", [(True, False, False), (True, True, True), (False, False, True)])
+def test_fetch_keeps_an_existing_tokenizer(tmp_path, monkeypatch, exists, retrain, trained):
+    # The shipped weights record weights/tokenizer.json's sha256; rebuilding the corpus must not replace it.
+    tokenizer_path = tmp_path / "tokenizer.json"
+    if exists:
+        tokenizer_path.write_text("{}")
+    calls = []
+    monkeypatch.setattr(corpus_module, "build_corpus", lambda work_dir, out_dir: out_dir / "manifest.json")
+    monkeypatch.setattr(corpus_module, "read_jsonl", lambda path: iter([{"text": "x"}]))
+    monkeypatch.setattr(corpus_module, "tokenizer_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(corpus_module, "train_tokenizer", lambda texts, path, vocab_size: calls.append(path))
+    monkeypatch.setattr(corpus_module, "tokenize_corpus", lambda *args: tmp_path / "bins.json")
+    corpus_module.prepare_corpus(tmp_path / "raw", tmp_path / "corpus", tokenizer_path, retrain_tokenizer=retrain)
+    assert bool(calls) == trained

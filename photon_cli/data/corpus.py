@@ -459,16 +459,26 @@ def prepare_corpus(
     target_tokens: int | None = None,
     val_fraction: float = 0.005,
     seed: int = DEFAULT_SEED,
+    retrain_tokenizer: bool = False,
 ) -> dict[str, Path]:
     """Fetch the sources, build the JSONL corpus, train the tokenizer on the training split
-    and write the token files. Returns the paths of what it wrote."""
+    and write the token files. Returns the paths of what it wrote.
+
+    An existing tokenizer_out is reused unless retrain_tokenizer is set: the shipped weights
+    record the sha256 of weights/tokenizer.json, and BPE training is not reproducible byte
+    for byte, so retraining it would leave token files that the shipped weights cannot read.
+    """
     out_dir = Path(out_dir)
     logger.info("step 1/3: fetching sources into %s and extracting documents", work_dir)
     manifest_path = build_corpus(work_dir, out_dir)
 
-    logger.info("step 2/3: training the tokenizer on %s", out_dir / "train.jsonl")
-    texts = (record["text"] for record in read_jsonl(out_dir / "train.jsonl"))
-    train_tokenizer(texts, Path(tokenizer_out), vocab_size=vocab_size)
+    if Path(tokenizer_out).is_file() and not retrain_tokenizer:
+        logger.info("step 2/3: reusing the tokenizer %s (sha256 %s)", tokenizer_out,
+                    tokenizer_sha256(Path(tokenizer_out)))
+    else:
+        logger.info("step 2/3: training the tokenizer on %s", out_dir / "train.jsonl")
+        texts = (record["text"] for record in read_jsonl(out_dir / "train.jsonl"))
+        train_tokenizer(texts, Path(tokenizer_out), vocab_size=vocab_size)
 
     logger.info("step 3/3: tokenizing into %s", out_dir)
     bins_path = tokenize_corpus(out_dir, Path(tokenizer_out), out_dir, target_tokens, val_fraction, seed)
