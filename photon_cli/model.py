@@ -168,24 +168,35 @@ class Photon(nn.Module):
         logits = self.token_logits(cond.reshape(-1, c.d_model), chunks)
         return logits.reshape(B, T, -1), states, top_down[:-1]
 
-    def loss(self, tokens: Tensor) -> dict[str, Tensor]:
+    def loss(self, tokens: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
         """L = L_token + alpha * L_rec.
 
         L_token is cross-entropy on tokens 2..T (the first token has no context, and a vanilla
         model cannot score it either). L_rec is the mean cosine distance between each forecast
         X̂^(l) and the detached encoder state X^(l), for l = 1..L-1; detaching keeps the encoder
-        from collapsing toward the decoder.
+        from collapsing toward the decoder. `weights` (B, T), when given, weights each token's
+        cross-entropy in L (a weighted mean); the reported token_loss stays the plain mean.
         """
         logits, states, forecasts = self(tokens)
-        V = logits.shape[-1]
-        token_loss = F.cross_entropy(logits[:, 1:].reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
+        token_loss, weighted_loss = token_losses(logits[:, 1:], tokens[:, 1:],
+                                                 None if weights is None else weights[:, 1:])
         rec_terms = []
         for forecast, state in zip(forecasts, reversed(states[:-1])):
             cos = F.cosine_similarity(forecast.float(), state.detach().float(), dim=-1)
             rec_terms.append((1 - cos).mean())
         rec_loss = torch.stack(rec_terms).mean() if rec_terms else token_loss.new_zeros(())
-        total = token_loss + self.config.rec_loss_weight * rec_loss
+        total = weighted_loss + self.config.rec_loss_weight * rec_loss
         return {"loss": total, "token_loss": token_loss, "rec_loss": rec_loss, "logits": logits}
+
+
+def token_losses(logits: Tensor, targets: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Return (mean cross-entropy, weighted mean cross-entropy) of logits (B, T, V) on targets (B, T)."""
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    mean = per_token.mean()
+    if weights is None:
+        return mean, mean
+    weights = weights.reshape(-1).to(per_token.dtype)
+    return mean, (per_token * weights).sum() / weights.sum()
 
 
 def count_parameters(model: nn.Module, include_start_latents: bool = True) -> int:

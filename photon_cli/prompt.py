@@ -61,3 +61,36 @@ def training_sample(document_ids: list[int], question_ids: list[int], answer_ids
                     unit: int, lead: int = 4) -> list[int]:
     """Build one QA training sample in the exact format `ask` uses, with the reference answer and <|endoftext|>."""
     return build_prompt(document_ids, question_ids, unit, lead).tokens + list(answer_ids) + [EOS_ID]
+
+
+def answer_loss_weights(tokens, answer_weight: float):
+    """Per-position loss weights for a (B, T) batch: `answer_weight` on every answer token and
+    its <|endoftext|>, 1 elsewhere.
+
+    An answer starts at the first token after <|answer|> and its padding lead that is not
+    <|pad|>, and runs to the next <|endoftext|> (included) or the row's end. A QA row holds a
+    few dozen answer tokens among thousands of document tokens, so without the weight the
+    answer contributes almost nothing to the mean loss.
+    """
+    import torch
+
+    weights = torch.ones(tokens.shape, dtype=torch.float32, device=tokens.device)
+    if answer_weight == 1.0:
+        return weights
+    rows = tokens.tolist()
+    for b, row in enumerate(rows):
+        position = 0
+        while True:
+            try:
+                position = row.index(ANSWER_ID, position) + 1
+            except ValueError:
+                break
+            while position < len(row) and row[position] == PAD_ID:
+                position += 1
+            try:
+                end = row.index(EOS_ID, position) + 1
+            except ValueError:
+                end = len(row)
+            weights[b, position:end] = answer_weight
+            position = end
+    return weights

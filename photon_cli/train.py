@@ -25,6 +25,7 @@ from torch import nn
 
 from photon_cli.config import ModelConfig, PhotonConfig, PRESETS, config_from_dict
 from photon_cli.weights import build_model, file_sha256, load_weights, save_weights
+from photon_cli.prompt import answer_loss_weights
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class TrainConfig:
     eval_batches: int = 8
     mix_file: Path | None = None  # rows of exactly `context` tokens mixed into every batch
     mix_ratio: float = 0.5
+    answer_weight: float = 1.0  # loss weight of answer tokens (after <|answer|>) relative to other tokens
     checkpoint_every: int = 100
     seed: int = 1234
     precision: str = "auto"  # auto | bf16 | fp32
@@ -126,8 +128,8 @@ class LossWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model.loss(tokens)
+    def forward(self, tokens: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self.model.loss(tokens, weights)
         out.pop("logits")
         return out
 
@@ -216,6 +218,10 @@ def train(cfg: TrainConfig, on_metrics=None) -> Path:
     torch.manual_seed(cfg.seed)
     amp = autocast_dtype(cfg.precision, device)
 
+    if not 0.0 <= cfg.mix_ratio <= 1.0:
+        raise ValueError(f"mix_ratio {cfg.mix_ratio} must be between 0 and 1")
+    if not cfg.answer_weight > 0.0:
+        raise ValueError(f"answer_weight {cfg.answer_weight} must be positive; 1 weights answers like other tokens")
     train_data = TokenWindows(Path(cfg.data_dir) / "train.bin")
     mix_rows = TokenRows(Path(cfg.mix_file), cfg.context) if cfg.mix_file else None
     n_mix = round(cfg.batch_size * cfg.mix_ratio) if mix_rows else 0
@@ -264,9 +270,12 @@ def train(cfg: TrainConfig, on_metrics=None) -> Path:
                 tokens = train_data.batch(draw, rank, cfg.batch_size - n_mix, cfg.context, cfg.seed)
                 if n_mix:
                     tokens = torch.cat([tokens, mix_rows.batch(draw, rank, n_mix, cfg.seed)])
+                weights = answer_loss_weights(tokens, cfg.answer_weight) if cfg.answer_weight != 1.0 else None
                 tokens = tokens.to(device)
+                if weights is not None:
+                    weights = weights.to(device)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    out = wrapped(tokens)
+                    out = wrapped(tokens, weights)
                 (out["loss"] / cfg.grad_accum).backward()
                 for key in totals:
                     totals[key] += out[key].item() / cfg.grad_accum
@@ -306,7 +315,7 @@ def train(cfg: TrainConfig, on_metrics=None) -> Path:
                  "seconds": round(state["seconds"]), "batch_size": cfg.batch_size * world,
                  "world_size": world, "device": device.type, "threads": torch.get_num_threads(),
                  "precision": str(amp or "fp32"),
-                 "mix_file": str(cfg.mix_file) if cfg.mix_file else None, "mix_ratio": cfg.mix_ratio if cfg.mix_file else 0, "final_eval": state["evals"][-1] if state["evals"] else {}}
+                 "mix_file": str(cfg.mix_file) if cfg.mix_file else None, "mix_ratio": cfg.mix_ratio if cfg.mix_file else 0, "answer_weight": cfg.answer_weight, "final_eval": state["evals"][-1] if state["evals"] else {}}
         phases = history.get("phases", []) + [phase]
         tokenizer_sha = file_sha256(cfg.tokenizer) if Path(cfg.tokenizer).is_file() else ""
         save_weights(model, weights_path, tokenizer_sha, {"training": {"phases": phases}})

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from photon_cli.config import VanillaConfig
 from photon_cli.kv_cache import StackCache
 from photon_cli.layers import Linear, RMSNorm, TransformerStack
+from photon_cli.model import token_losses
 
 
 class Vanilla(nn.Module):
@@ -34,12 +34,11 @@ class Vanilla(nn.Module):
                   device: torch.device | str = "cpu") -> StackCache:
         return self.stack.new_cache(batch, capacity, dtype, device)
 
-    def loss(self, tokens: Tensor) -> dict[str, Tensor]:
-        """Cross-entropy on tokens 2..T, the same targets PHOTON is scored on."""
+    def loss(self, tokens: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """Cross-entropy on tokens 2..T, the same targets PHOTON is scored on; `weights` as in Photon.loss."""
         logits = self(tokens[:, :-1])
-        V = logits.shape[-1]
-        token_loss = F.cross_entropy(logits.reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
+        token_loss, weighted_loss = token_losses(logits, tokens[:, 1:], None if weights is None else weights[:, 1:])
         # Left-pad with a dummy row so logits line up with PHOTON's (position i predicts token i).
         aligned = torch.cat([logits[:, :1], logits], dim=1)
-        return {"loss": token_loss, "token_loss": token_loss,
+        return {"loss": weighted_loss, "token_loss": token_loss,
                 "rec_loss": token_loss.new_zeros(()), "logits": aligned}

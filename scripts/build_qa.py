@@ -1,12 +1,16 @@
 """Build the question-answering training rows and the held-out evaluation set.
 
 Usage: python scripts/build_qa.py [--corpus-dir data/corpus] [--tokenizer weights/tokenizer.json]
-                                  [--out-dir data/qa] [--seed 1234]
+                                  [--out-dir data/qa] [--seed 1234] [--pack] [--max-distance N]
 
 Writes, under --out-dir:
   qa-8192.bin    rows for the PHOTON model (uint16, shape (rows, 8192)), with .json and .rows.jsonl
   qa-2048.bin    rows for the vanilla baseline, the same number of tokens in 2048-token rows
+                 (one file when --photon-context equals --vanilla-context)
   eval.jsonl     questions about held-out documents only
+
+The shipped models' QA phase used `--pack --max-distance 1536 --photon-context 2048
+--photon-rows 4000`: one file of packed 2048-token rows that both models train on.
 Progress goes to stderr.
 """
 
@@ -43,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tokens between fact and question in the evaluation set (default: 0 256 1024 1800 4096)")
     parser.add_argument("--per-distance", type=int, default=20,
                         help="evaluation questions per kind and distance (default: 20)")
+    parser.add_argument("--pack", action="store_true",
+                        help="pack several samples into each row instead of one sample and plain text")
+    parser.add_argument("--max-distance", type=int, default=None,
+                        help="largest fact-to-question distance in the rows (default: the row length - 192)")
+    parser.add_argument("--skip-eval", action="store_true", help="write the rows only")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"sampling seed (default: {DEFAULT_SEED})")
     return parser.parse_args(argv)
 
@@ -54,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     photon_tokens = args.photon_context * args.photon_rows
     vanilla_rows = photon_tokens // args.vanilla_context
-    for context, n_rows in ((args.photon_context, args.photon_rows), (args.vanilla_context, vanilla_rows)):
+    jobs = {args.photon_context: args.photon_rows, args.vanilla_context: vanilla_rows}
+    for context, n_rows in jobs.items():
         out_path = args.out_dir / f"qa-{context}.bin"
         logging.info("building %d rows of %d tokens into %s", n_rows, context, out_path)
         build_qa_rows(args.corpus_dir, args.tokenizer, out_path, context, n_rows, args.seed,
-                      wordnet_dir=args.wordnet_dir)
+                      wordnet_dir=args.wordnet_dir, max_distance=args.max_distance, pack=args.pack)
+    if args.skip_eval:
+        logging.info("done in %.0f s", time.monotonic() - start)
+        return 0
     eval_path = args.out_dir / "eval.jsonl"
     counts = build_qa_eval(args.corpus_dir, args.tokenizer, eval_path, args.eval_distances,
                            args.per_distance, args.seed)

@@ -408,6 +408,45 @@ def test_rows_depend_only_on_seed(corpus, rows, tmp_path):
     assert other.read_bytes() != out_path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def packed_rows(corpus, tmp_path_factory):
+    out_path = tmp_path_factory.mktemp("qa-packed") / "qa-1024.bin"
+    qa.build_qa_rows(corpus["dir"], corpus["tokenizer_path"], out_path, 1024, 6, seed=1,
+                     wordnet_dir=corpus["wordnet_dir"], max_distance=200, pack=True)
+    records = [json.loads(line) for line in out_path.with_suffix(".rows.jsonl").read_text().splitlines()]
+    return np.fromfile(out_path, dtype=np.uint16).reshape(6, 1024), records
+
+
+def test_packed_rows_hold_several_samples(packed_rows):
+    data, records = packed_rows
+    assert len(records) > len(data)
+    assert {record["row"] for record in records} == set(range(len(data)))
+
+
+def test_packed_samples_start_on_unit_with_answer_on_unit(packed_rows, tokenizer):
+    data, records = packed_rows
+    for record in records:
+        row, offset = data[record["row"]], record["offset"]
+        assert offset % qa.UNIT == 0
+        assert row[offset] == DOCUMENT_ID
+        assert record["distance_tokens"] <= 200 + qa.UNIT
+        answer_start = record["answer_start"]
+        assert answer_start % qa.UNIT == 4
+        assert row[answer_start - 5] == ANSWER_ID
+        end = offset + record["sample_tokens"]
+        assert row[end - 1] == EOS_ID
+        assert tokenizer.decode(row[answer_start:end - 1].tolist()) == record["answer"]
+
+
+def test_packed_samples_are_separated_by_padding_only(packed_rows):
+    data, records = packed_rows
+    for previous, record in zip(records, records[1:]):
+        if previous["row"] == record["row"]:
+            gap = data[record["row"]][previous["offset"] + previous["sample_tokens"]:record["offset"]]
+            assert len(gap) < qa.UNIT
+            assert (gap == PAD_ID).all()
+
+
 def test_rows_reject_short_context(corpus, tmp_path):
     with pytest.raises(ValueError, match="too short"):
         qa.build_qa_rows(corpus["dir"], corpus["tokenizer_path"], tmp_path / "x.bin", 100, 2, seed=1)

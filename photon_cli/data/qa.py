@@ -42,7 +42,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from photon_cli.data.corpus import is_heldout, read_jsonl
-from photon_cli.prompt import question_tokens, training_sample
+from photon_cli.prompt import PAD_ID, question_tokens, training_sample
 from photon_cli.tokenizer import load_tokenizer, tokenizer_sha256
 
 __all__ = [
@@ -1093,24 +1093,32 @@ def _read_training_records(corpus_dir: Path) -> list[dict]:
 
 def build_qa_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, context: int, n_rows: int,
                   seed: int, *, wordnet_dir: Path | None = DEFAULT_WORDNET_DIR,
-                  bible_exports: Mapping[str, Path] | None = None) -> Path:
+                  bible_exports: Mapping[str, Path] | None = None, max_distance: int | None = None,
+                  pack: bool = False) -> Path:
     """Write n_rows training rows of `context` tokens to out_path and return the sidecar's path.
 
     out_path is a flat uint16 file of shape (n_rows, context). Each row starts with one
     training sample (photon_cli.prompt.training_sample with a UNIT-token unit, so the
-    document is at position 0) and goes on with text from train.bin after its
-    <|endoftext|>. Kinds are as equal in number as n_rows allows, and distances are drawn
-    uniformly from [0, context - ROW_OVERHEAD_TOKENS]. Only train.jsonl is read, and any
-    held-out record in it is dropped. The output depends only on the inputs and the seed.
+    document is at position 0). Without `pack` the row goes on with text from train.bin
+    after its <|endoftext|>. With `pack` more samples follow, each starting on a multiple of
+    UNIT tokens after <|pad|> tokens, while one still fits; train.bin text fills the rest.
+    Packing puts several answers in every row instead of one, which is what a short
+    training run needs to learn the task. The first sample's kinds are as equal in number
+    as n_rows allows (packed samples draw theirs at random), and distances are drawn
+    uniformly from [0, max_distance] (default and upper bound: context -
+    ROW_OVERHEAD_TOKENS). Only train.jsonl is read, and any held-out record in it is
+    dropped. The output depends only on the inputs and the seed.
 
     Writes out_path with the suffix .json (context, counts per kind and source, distance
     histogram, seed) and .rows.jsonl (question, answer, distance and answer position of
     each row) next to it. bible_exports defaults to the paths in corpus_dir/manifest.json.
     """
     corpus_dir, out_path = Path(corpus_dir), Path(out_path)
-    max_distance = context - ROW_OVERHEAD_TOKENS
-    if max_distance < 0:
+    if context - ROW_OVERHEAD_TOKENS < 0:
         raise ValueError(f"context {context} is too short for QA rows; use at least {ROW_OVERHEAD_TOKENS} tokens")
+    if max_distance is not None and max_distance < 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    max_distance = min(context - ROW_OVERHEAD_TOKENS, max_distance if max_distance is not None else context)
     if n_rows <= 0:
         raise ValueError(f"n_rows must be positive, got {n_rows}")
     filler = np.memmap(corpus_dir / "train.bin", dtype=np.uint16, mode="r")
@@ -1130,7 +1138,7 @@ def build_qa_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, contex
     schedule = _kind_schedule(builder.kinds, n_rows, rng)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "wb") as out_file:
-        row_records = _write_rows(out_file, builder, schedule, context, filler, rng)
+        row_records = _write_rows(out_file, builder, schedule, context, filler, rng, max_distance, pack)
 
     rows_path = out_path.with_suffix(".rows.jsonl")
     with open(rows_path, "w", encoding="utf-8") as file:
@@ -1140,6 +1148,8 @@ def build_qa_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, contex
     sidecar = {
         "context": context,
         "n_rows": n_rows,
+        "samples": len(row_records),
+        "packed": pack,
         "dtype": "uint16",
         "unit": UNIT,
         "seed": seed,
@@ -1160,47 +1170,67 @@ def build_qa_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, contex
 
 
 def _write_rows(out_file, builder: ExampleBuilder, schedule: Sequence[str], context: int, filler: np.ndarray,
-                rng: np.random.Generator) -> list[dict]:
-    """Write one row per scheduled kind to out_file and return a record describing each row."""
-    max_distance = context - ROW_OVERHEAD_TOKENS
-    row_records = []
+                rng: np.random.Generator, max_distance: int, pack: bool) -> list[dict]:
+    """Write one row per scheduled kind to out_file and return a record describing each sample."""
+    records = []
     for row_index, kind in enumerate(schedule):
-        example = None
-        for _ in range(10):
-            distance = int(rng.integers(0, max_distance + 1))
-            before = int(rng.integers(0, max_distance - distance + 1))
-            example = builder.build(kind, distance, rng, before_tokens=before, max_sample_tokens=context)
-            if example is not None:
-                break
-        if example is None:
-            raise RuntimeError(f"found no usable {kind} example for row {row_index}; the {kind} texts may be too short")
-        sample = sample_for(example, builder.tokenizer)
-        if len(sample) > context:
-            raise RuntimeError(f"row {row_index}: sample of {len(sample)} tokens exceeds context {context}")
-
         row = np.empty(context, dtype=np.uint16)
-        row[:len(sample)] = sample
-        fill = context - len(sample)
+        position = 0
+        while True:
+            room = context - position
+            if position and room < 2 * ROW_OVERHEAD_TOKENS:
+                break
+            example = _example_for_room(builder, kind, room, max_distance, rng)
+            if example is None:
+                if position:
+                    break
+                raise RuntimeError(f"found no usable {kind} example for row {row_index}; "
+                                   f"the {kind} texts may be too short")
+            sample = sample_for(example, builder.tokenizer)
+            row[position:position + len(sample)] = sample
+            answer_tokens = len(builder.tokenizer.encode(example.answer, add_special_tokens=False).ids)
+            records.append({
+                "row": row_index,
+                "offset": position,
+                "kind": example.kind,
+                "source": example.source,
+                "title": example.title,
+                "question": example.question,
+                "answer": example.answer,
+                "distance_tokens": example.distance_tokens,
+                "document_tokens": example.document_tokens,
+                "answer_start": position + len(sample) - answer_tokens - 1,
+                "sample_tokens": len(sample),
+            })
+            position += len(sample)
+            if not pack:
+                break
+            aligned = min(context, -(-position // UNIT) * UNIT)
+            row[position:aligned] = PAD_ID
+            position = aligned
+            kind = builder.kinds[int(rng.integers(len(builder.kinds)))]
+        fill = context - position
         offset = int(rng.integers(0, len(filler) - fill + 1))
-        row[len(sample):] = filler[offset:offset + fill]
+        row[position:] = filler[offset:offset + fill]
         out_file.write(row.tobytes())
-
-        answer_tokens = len(builder.tokenizer.encode(example.answer, add_special_tokens=False).ids)
-        row_records.append({
-            "row": row_index,
-            "kind": example.kind,
-            "source": example.source,
-            "title": example.title,
-            "question": example.question,
-            "answer": example.answer,
-            "distance_tokens": example.distance_tokens,
-            "document_tokens": example.document_tokens,
-            "answer_start": len(sample) - answer_tokens - 1,
-            "sample_tokens": len(sample),
-        })
         if (row_index + 1) % 200 == 0:
             logger.info("%d of %d rows", row_index + 1, len(schedule))
-    return row_records
+    return records
+
+
+def _example_for_room(builder: ExampleBuilder, kind: str, room: int, max_distance: int,
+                      rng: np.random.Generator) -> QAExample | None:
+    """Return an example whose training sample fits `room` tokens, or None after 10 tries."""
+    limit = min(max_distance, room - ROW_OVERHEAD_TOKENS)
+    if limit < 0:
+        return None
+    for _ in range(10):
+        distance = int(rng.integers(0, limit + 1))
+        before = int(rng.integers(0, limit - distance + 1))
+        example = builder.build(kind, distance, rng, before_tokens=before, max_sample_tokens=room)
+        if example is not None:
+            return example
+    return None
 
 
 # ---------------------------------------------------------------------------
