@@ -532,6 +532,7 @@ def eval_qa(
     eval_file: Annotated[Path, typer.Option(help="JSONL of held-out questions (document, question, answer, distance_tokens).")] = Path("data/qa/eval.jsonl"),
     models: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Weights to evaluate (repeatable; default: both shipped models).")] = None,
     limit: Annotated[int, typer.Option(help="Evaluate at most this many records (0 = all).")] = 0,
+    per_group: Annotated[int, typer.Option(help="Evaluate at most this many records per kind and distance (0 = all).")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Maximum tokens generated per answer.")] = 48,
     device: DeviceOpt = "auto",
     json_out: Annotated[Optional[Path], typer.Option(help="Write the per-record rows and summaries here.")] = None,
@@ -539,13 +540,16 @@ def eval_qa(
     """Exact-match and answer-contains rates by fact-to-question distance: RecGen, HierGen, vanilla."""
     from rich.table import Table
 
-    from photon_cli.qa_eval import evaluate_qa, read_records, summarise
+    from photon_cli.qa_eval import evaluate_qa, read_records, select_records, summarise
 
     try:
         records = read_records(eval_file)
     except (OSError, ValueError, json.JSONDecodeError) as error:
         fail(f"cannot read {eval_file}: {error}")
+    records = select_records(records, per_group) if per_group else records
     records = records[:limit] if limit else records
+    if not records:
+        fail(f"{eval_file} has no records to evaluate; build it with scripts/build_qa.py")
     paths = models or [DEFAULT_MODEL, WEIGHTS_DIR / "vanilla-small.safetensors"]
     summaries, all_rows = {}, {}
     for path in paths:
@@ -557,12 +561,17 @@ def eval_qa(
             rows = evaluate_qa(engine, records, "recgen" if mode == "vanilla" else mode, max_new_tokens)
             summaries[label], all_rows[label] = summarise(rows), rows
     distances = sorted({d for s in summaries.values() for d in s["by_distance"]})
-    table = Table("model", "all EM", "all contains", *[f"d={d} contains" for d in distances])
-    for label, summary in summaries.items():
-        cells = [f"{summary['by_distance'][d]['contains']:.2f}" if d in summary["by_distance"] else "-"
-                 for d in distances]
-        table.add_row(label, f"{summary['overall']['exact']:.2f}", f"{summary['overall']['contains']:.2f}", *cells)
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    kinds = sorted({k for s in summaries.values() for k in s["by_kind"]}, key=str)
+    console = Console(width=None if sys.stdout.isatty() else 220)
+    for title, groups, names in (("by distance (tokens)", "by_distance", distances), ("by kind", "by_kind", kinds)):
+        table = Table("model", "all EM", "all contains", "all F1", *[f"{n} contains / F1" for n in names],
+                      title=f"{len(records)} questions; {title}")
+        for label, summary in summaries.items():
+            cells = [f"{summary[groups][n]['contains']:.2f} / {summary[groups][n]['f1']:.2f}"
+                     if n in summary[groups] else "-" for n in names]
+            overall = summary["overall"]
+            table.add_row(label, f"{overall['exact']:.2f}", f"{overall['contains']:.2f}", f"{overall['f1']:.2f}", *cells)
+        console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"summaries": summaries, "rows": all_rows}, indent=2, default=str))
