@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from photon_cli.data.qa import DEFAULT_WORDNET_DIR, build_qa_eval, build_qa_rows  # noqa: E402
+from photon_cli.data.qa import DEFAULT_WORDNET_DIR, build_qa_eval, build_qa_rows, build_repeat_rows  # noqa: E402
 
 DEFAULT_SEED = 1234
 
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pack several samples into each row instead of one sample and plain text")
     parser.add_argument("--max-distance", type=int, default=None,
                         help="largest fact-to-question distance in the rows (default: the row length - 192)")
+    parser.add_argument("--repeat-rows", type=int, default=0,
+                        help="also write this many rows of copy samples (repeat-CONTEXT.bin) and "
+                             "mix-CONTEXT.bin, the QA rows followed by them (default: 0)")
     parser.add_argument("--skip-eval", action="store_true", help="write the rows only")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"sampling seed (default: {DEFAULT_SEED})")
     return parser.parse_args(argv)
@@ -69,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.info("building %d rows of %d tokens into %s", n_rows, context, out_path)
         build_qa_rows(args.corpus_dir, args.tokenizer, out_path, context, n_rows, args.seed,
                       wordnet_dir=args.wordnet_dir, max_distance=args.max_distance, pack=args.pack)
+        if args.repeat_rows:
+            repeat_path = build_repeat_rows(args.corpus_dir, args.tokenizer, args.out_dir / f"repeat-{context}.bin",
+                                            context, args.repeat_rows, args.seed)
+            mix_path = args.out_dir / f"mix-{context}.bin"
+            mix_path.write_bytes(out_path.read_bytes() + repeat_path.read_bytes())
+            logging.info("wrote %s: %d QA rows, then %d copy rows", mix_path, n_rows, args.repeat_rows)
     if args.skip_eval:
         logging.info("done in %.0f s", time.monotonic() - start)
         return 0

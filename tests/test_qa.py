@@ -469,3 +469,29 @@ def test_eval_uses_heldout_documents_only(corpus, tmp_path):
         if record["kind"] != "speech":
             assert record["answer"] in record["document"]
         assert record["sample_tokens"] <= 512
+
+
+def test_repeat_rows_copy_the_document(corpus, tokenizer, tmp_path):
+    path = qa.build_repeat_rows(corpus["dir"], corpus["tokenizer_path"], tmp_path / "repeat.bin", 512, 4, seed=1,
+                                min_tokens=8, max_tokens=40)
+    data = np.fromfile(path, dtype=np.uint16).reshape(4, 512)
+    question = tokenizer.encode(qa.REPEAT_QUESTION, add_special_tokens=False).ids
+    samples = 0
+    for row in data.tolist():
+        for start in [i for i, token in enumerate(row) if token == DOCUMENT_ID]:
+            assert start % qa.UNIT == 0
+            answer_at = row.index(ANSWER_ID, start)
+            document = [t for t in row[start + 1:row.index(QUESTION_ID, start)] if t != PAD_ID]
+            end = row.index(EOS_ID, answer_at)
+            assert row[answer_at - len(question):answer_at] == question
+            assert row[answer_at + 1:answer_at + 5] == [PAD_ID] * 4
+            assert row[answer_at + 5:end] == document
+            assert 8 <= len(document) <= 40
+            assert EOS_ID not in document
+            samples += 1
+    assert samples > 4
+
+
+def test_repeat_rows_refuse_too_short_context(corpus, tmp_path):
+    with pytest.raises(ValueError, match="too short"):
+        qa.build_repeat_rows(corpus["dir"], corpus["tokenizer_path"], tmp_path / "r.bin", 64, 1, seed=1, max_tokens=60)

@@ -42,7 +42,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from photon_cli.data.corpus import is_heldout, read_jsonl
-from photon_cli.prompt import PAD_ID, question_tokens, training_sample
+from photon_cli.prompt import EOS_ID, PAD_ID, question_tokens, training_sample
 from photon_cli.tokenizer import load_tokenizer, tokenizer_sha256
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "annotate_records",
     "iter_qa_examples",
     "build_qa_rows",
+    "build_repeat_rows",
     "build_qa_eval",
     "sample_for",
 ]
@@ -1231,6 +1232,53 @@ def _example_for_room(builder: ExampleBuilder, kind: str, room: int, max_distanc
         if example is not None:
             return example
     return None
+
+
+REPEAT_QUESTION = "Repeat the document."
+
+
+def build_repeat_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, context: int, n_rows: int,
+                      seed: int, *, min_tokens: int = 16, max_tokens: int = 192) -> Path:
+    """Write n_rows rows of packed copy samples to out_path and return out_path.
+
+    Each sample is a slice of train.bin of min_tokens to max_tokens tokens as the document,
+    the question REPEAT_QUESTION, and the same slice as the answer, in the `ask` prompt
+    format. Samples start on multiples of UNIT tokens, as in packed QA rows.
+
+    Why: every QA answer is copied from the document, and a model that cannot copy a span
+    it has read cannot learn to look one up. The shipped small models, after plain
+    pre-training, predicted the second copy of a repeated 256-token passage no better than
+    the first. Copy samples give that skill a direct loss.
+    """
+    out_path = Path(out_path)
+    if max_tokens < min_tokens or min_tokens < 1:
+        raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {min_tokens} and {max_tokens}")
+    filler = np.memmap(Path(corpus_dir) / "train.bin", dtype=np.uint16, mode="r")
+    tokenizer = load_tokenizer(tokenizer_path)
+    question_ids = tokenizer.encode(REPEAT_QUESTION, add_special_tokens=False).ids
+    largest = len(training_sample([0] * max_tokens, question_ids, [0] * max_tokens, UNIT))
+    if largest > context:
+        raise ValueError(f"context {context} is too short for copy samples of {max_tokens} tokens; "
+                         f"use at least {largest} tokens")
+    rng = np.random.default_rng(seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as out_file:
+        for _ in range(n_rows):
+            row = np.full(context, PAD_ID, dtype=np.uint16)
+            position = 0
+            while True:
+                length = int(rng.integers(min_tokens, max_tokens + 1))
+                start = int(rng.integers(0, len(filler) - length))
+                ids = filler[start:start + length].astype(np.int64).tolist()
+                if EOS_ID in ids:  # a document boundary: <|endoftext|> would end the answer early
+                    continue
+                sample = training_sample(ids, question_ids, ids, UNIT)
+                if position + len(sample) > context:
+                    break
+                row[position:position + len(sample)] = sample
+                position = -(-(position + len(sample)) // UNIT) * UNIT
+            out_file.write(row.tobytes())
+    return out_path
 
 
 # ---------------------------------------------------------------------------
