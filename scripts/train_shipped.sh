@@ -3,12 +3,15 @@
 # the same wall-clock limit per phase. Phase 2 continues from phase 1 on long sequences with
 # half of every batch taken from document-QA rows in the `ask` prompt format. Phase 3 trains
 # both models on the same packed 2048-token QA rows (several samples per row, answer tokens
-# weighted 20x in the loss), 7 of every 8 rows QA.
+# weighted 20x in the loss) plus copy samples ("Repeat the document."), 7 of every 8 rows
+# from that mix.
 # Prerequisites: `photon data fetch` (data/corpus, weights/tokenizer.json),
 # `python scripts/build_qa.py` (data/qa) and `python scripts/build_qa.py --pack --max-distance 768
-# --photon-context 2048 --photon-rows 6000 --out-dir data/qa2 --skip-eval` (data/qa2).
+# --photon-context 2048 --photon-rows 6000 --repeat-rows 2500 --out-dir data/qa2 --skip-eval`
+# (data/qa2/mix-2048.bin).
 # Resumes from runs/*/checkpoint.pt when rerun. The shipped phase 3 started from the bf16 exports
-# in weights/ (phase 2 rounded to bfloat16), as the float32 phase-2 runs were gone by then.
+# in weights/ (phase 2 rounded to bfloat16), as the float32 phase-2 runs were gone by then, and
+# its first 230 (PHOTON) and 110 (vanilla) steps drew from qa-2048.bin before the copy rows existed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +36,11 @@ phase2 vanilla 2048 8 140 data/qa/qa-2048.bin > runs/vanilla-p2.log 2>&1 &
 wait
 phase3() {  # name steps
   photon train --data-dir data/corpus --out-dir "runs/$1-qa2" --model "runs/$1-p2/model.safetensors" \
-    --context 2048 --batch-size 8 --max-steps "$2" --max-minutes 90 --lr 5e-4 --warmup-steps 20 \
-    --mix-file data/qa2/qa-2048.bin --mix-ratio 0.875 --answer-weight 20 --eval-every 100 \
+    --context 2048 --batch-size 8 --max-steps "$2" --max-minutes 92 --lr 5e-4 --warmup-steps 20 \
+    --mix-file data/qa2/mix-2048.bin --mix-ratio 0.875 --answer-weight 20 --eval-every 100 \
     --checkpoint-every 10 --threads 1
 }
-phase3 photon 1300 > runs/photon-qa2.log 2>&1 &
+phase3 photon 1350 > runs/photon-qa2.log 2>&1 &
 phase3 vanilla 680 > runs/vanilla-qa2.log 2>&1 &
 wait
 python scripts/export_weights.py runs/photon-qa2/model.safetensors weights/photon-small.safetensors
