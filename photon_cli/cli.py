@@ -369,6 +369,10 @@ def evaluate(
           f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}")
     for row in result["by_position"]:
         print(f"  positions {row['start']:>6}-{row['end']:<6} loss {row['loss']:.4f}")
+    repeat = result["repeat"]
+    if repeat:
+        print(f"  a {repeat['tokens']}-token passage read twice: loss {repeat['first']:.4f} the first time, "
+              f"{repeat['second']:.4f} the second (a model that copies from context scores far lower)")
 
 
 @app.command()

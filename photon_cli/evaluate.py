@@ -1,4 +1,5 @@
-"""Held-out loss and perplexity of a model on a document, overall and by position in the window."""
+"""Held-out loss and perplexity of a model on a document, overall and by position in the window,
+and the loss on a passage read a second time (whether the model can copy from its context)."""
 
 from __future__ import annotations
 
@@ -36,4 +37,25 @@ def evaluate_document(engine: Engine, document: Document, context: int | None = 
     by_position = [{"start": a, "end": b - 1, "loss": per_position[a - 1:b - 1].mean().item()}
                    for a, b in zip(edges, edges[1:]) if b > a]
     return {"document": document.name, "tokens": n_windows * context, "context": context,
-            "windows": n_windows, "loss": loss, "perplexity": math.exp(loss), "by_position": by_position}
+            "windows": n_windows, "loss": loss, "perplexity": math.exp(loss), "by_position": by_position,
+            "repeat": repeat_loss(engine, tokens[:4, :context // 2])}
+
+
+@torch.no_grad()
+def repeat_loss(engine: Engine, passages: torch.Tensor) -> dict:
+    """Loss on each passage (B, S) and on the same passage read again right after it.
+
+    Every answer `ask` expects is copied from the document, so a model that reads the second
+    copy no better than the first cannot answer. The first unit of the second copy is left out
+    (in PHOTON it is predicted before the model has seen the repetition start).
+    """
+    length = passages.shape[1] // engine.unit * engine.unit
+    if length < 2 * engine.unit:
+        return {}
+    passages = passages[:, :length]
+    doubled = torch.cat([passages, passages], dim=1)
+    logits = engine.model.loss(doubled)["logits"][:, 1:].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), doubled[:, 1:].reshape(-1), reduction="none")
+    nll = nll.view(len(passages), -1)
+    return {"tokens": length, "first": nll[:, :length - 1].mean().item(),
+            "second": nll[:, length - 1 + engine.unit:].mean().item()}

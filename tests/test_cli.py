@@ -1,6 +1,7 @@
 """The commands a user meets, driven through typer's CliRunner with tiny random-weight models."""
 
 import json
+import math
 import os
 
 import pytest
@@ -204,3 +205,33 @@ def test_chat_answers_and_commands(tiny_dir, document):
     assert "no document loaded" in text
     assert "(5 tokens, length)" in text  # /stats after the answer
     assert out.getvalue().count("\n") == 1  # one answer streamed to stdout
+
+
+def test_eval_reports_repeat_loss(tiny_dir, document):
+    result = invoke("eval", tiny_dir / "vanilla.safetensors", document, "--context", 64, "--json")
+    assert result.exit_code == 0, result.output
+    repeat = json.loads(result.stdout)["repeat"]
+    assert repeat["tokens"] == 32
+    assert repeat["first"] > 0 and repeat["second"] > 0
+
+
+def test_repeat_loss_scores_a_perfect_copier_near_zero():
+    from types import SimpleNamespace
+
+    import torch
+
+    from photon_cli.evaluate import repeat_loss
+
+    vocab, length = 50, 16
+
+    def loss(tokens):  # logits[:, i] predicts tokens[:, i]: uniform, or the token `length` back
+        logits = torch.zeros(*tokens.shape, vocab)
+        logits[:, length:] = 60 * torch.nn.functional.one_hot(tokens[:, :-length], vocab)
+        return {"logits": logits}
+
+    engine = SimpleNamespace(unit=4, model=SimpleNamespace(loss=loss))
+    passages = torch.randint(0, vocab, (2, length + 3))
+    repeat = repeat_loss(engine, passages)
+    assert repeat["tokens"] == length
+    assert repeat["first"] == pytest.approx(math.log(vocab))
+    assert repeat["second"] < 1e-6
