@@ -36,12 +36,12 @@ def score(prediction: str, reference: str) -> tuple[bool, bool, float]:
 
 def select_records(records: list[dict], per_group: int) -> list[dict]:
     """Keep the first per_group records of every (kind, requested distance) group, in file order."""
-    taken: Counter = Counter()
+    selected_per_group: Counter = Counter()
     selected = []
     for record in records:
         group = (record.get("kind"), record.get("target_distance", record["distance_tokens"]))
-        if taken[group] < per_group:
-            taken[group] += 1
+        if selected_per_group[group] < per_group:
+            selected_per_group[group] += 1
             selected.append(record)
     return selected
 

@@ -9,9 +9,8 @@ Writes, under --out-dir:
                  (one file when --photon-context equals --vanilla-context)
   eval.jsonl     questions about held-out documents only
 
-The shipped models' QA phase used `--pack --max-distance 1536 --photon-context 2048
---photon-rows 4000`: one file of packed 2048-token rows that both models train on.
-Progress goes to stderr.
+The shipped models' last QA phase trained on data/qa2/mix-2048.bin from `--pack --max-distance 768
+--photon-context 2048 --photon-rows 6000 --repeat-rows 2500 --out-dir data/qa2 --skip-eval`.
 """
 
 import argparse

@@ -1103,8 +1103,8 @@ def build_qa_rows(corpus_dir: Path, tokenizer_path: Path, out_path: Path, contex
     document is at position 0). Without `pack` the row goes on with text from train.bin
     after its <|endoftext|>. With `pack` more samples follow, each starting on a multiple of
     UNIT tokens after <|pad|> tokens, while one still fits; train.bin text fills the rest.
-    Packing puts several answers in every row instead of one, which is what a short
-    training run needs to learn the task. The first sample's kinds are as equal in number
+    Packing puts several answers in every row instead of one, so answers make up a larger
+    share of the training targets. The first sample's kinds are as equal in number
     as n_rows allows (packed samples draw theirs at random), and distances are drawn
     uniformly from [0, max_distance] (default and upper bound: context -
     ROW_OVERHEAD_TOKENS). Only train.jsonl is read, and any held-out record in it is
