@@ -568,13 +568,17 @@ def eval_qa(
     kinds = sorted({k for s in summaries.values() for k in s["by_kind"]}, key=str)
     console = Console(width=None if sys.stdout.isatty() else 220)
     for title, groups, names in (("by distance (tokens)", "by_distance", distances), ("by kind", "by_kind", kinds)):
-        table = Table("model", "all EM", "all contains", "all F1", *[f"{n} contains / F1" for n in names],
+        table = Table("model", "all EM", "all contains", "all F1", "control F1", *[f"{n} contains / F1" for n in names],
                       title=f"{len(records)} questions; {title}")
         for label, summary in summaries.items():
             cells = [f"{summary[groups][n]['contains']:.2f} / {summary[groups][n]['f1']:.2f}"
                      if n in summary[groups] else "-" for n in names]
             overall = summary["overall"]
-            table.add_row(label, f"{overall['exact']:.2f}", f"{overall['contains']:.2f}", f"{overall['f1']:.2f}", *cells)
+            table.add_row(label, f"{overall['exact']:.2f}", f"{overall['contains']:.2f}", f"{overall['f1']:.2f}",
+                          f"{overall['control_f1']:.2f}", *cells)
+        if title == "by kind":
+            console.print("control F1: each prediction scored against the reference of another question "
+                          "of its kind; an F1 near it means the answers do not come from the document.")
         console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,11 +83,29 @@ def evaluate_qa(engine: Engine, records: Iterable[dict], mode: str, max_new_toke
     return rows
 
 
+def add_control_f1(rows: list[dict]) -> None:
+    """Set each row's "control_f1": the F1 of its prediction against the next reference of its kind.
+
+    That reference answers a question about another document, so the mean control F1 is what an
+    answer scores without reading its own document. An F1 near the control means no reading.
+    """
+    by_kind = defaultdict(list)
+    for row in rows:
+        by_kind[row.get("kind")].append(row)
+    for group in by_kind.values():
+        for index, row in enumerate(group):
+            other = next((candidate for candidate in group[index + 1:] + group[:index]
+                          if candidate["reference"] != row["reference"]), None)
+            row["control_f1"] = score(row["prediction"], other["reference"])[2] if other else 0.0
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Exact-match rate, contains rate and mean F1 overall, by distance and by kind."""
+    """Exact-match rate, contains rate, mean F1 and mean control F1, overall, by distance and by kind."""
+    add_control_f1(rows)
+
     def rates(group: list[dict]) -> dict:
         n = len(group)
-        return {"n": n, **{key: sum(r[key] for r in group) / n for key in ("exact", "contains", "f1")}}
+        return {"n": n, **{key: sum(r[key] for r in group) / n for key in ("exact", "contains", "f1", "control_f1")}}
 
     by_distance, by_kind = defaultdict(list), defaultdict(list)
     for row in rows:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from photon_cli.qa_eval import score, select_records, summarise
+from photon_cli.qa_eval import add_control_f1, score, select_records, summarise
 from support import invoke, model_args
 
 
@@ -36,9 +36,13 @@ def test_summarise_rates():
     rows = [{"distance": 0, "kind": "a", "exact": True, "contains": True, "f1": 1.0},
             {"distance": 0, "kind": "b", "exact": False, "contains": True, "f1": 0.5},
             {"distance": 8, "kind": "a", "exact": False, "contains": False, "f1": 0.0}]
+    for row, reference in zip(rows, ["x y", "z", "x y"]):
+        row["prediction"], row["reference"] = "x y", reference
     summary = summarise(rows)
-    assert summary["overall"] == {"n": 3, "exact": pytest.approx(1 / 3), "contains": pytest.approx(2 / 3),
-                                  "f1": pytest.approx(0.5)}
+    assert summary["overall"]["n"] == 3
+    assert summary["overall"]["exact"] == pytest.approx(1 / 3)
+    assert summary["overall"]["contains"] == pytest.approx(2 / 3)
+    assert summary["overall"]["f1"] == pytest.approx(0.5)
     assert summary["by_distance"][0]["f1"] == pytest.approx(0.75)
     assert summary["by_kind"]["a"]["contains"] == pytest.approx(0.5)
 
@@ -68,3 +72,22 @@ def test_eval_qa_refuses_empty_file(tiny_dir, tmp_path):
     result = invoke("eval-qa", "--eval-file", empty, *model_args(tiny_dir))
     assert result.exit_code != 0
     assert "no records" in result.stderr
+
+
+def test_control_f1_uses_another_reference_of_the_kind():
+    rows = [{"kind": "a", "prediction": "red fox", "reference": "red fox"},
+            {"kind": "a", "prediction": "blue sky", "reference": "blue sky"},
+            {"kind": "b", "prediction": "red fox", "reference": "red fox"}]
+    add_control_f1(rows)
+    assert rows[0]["control_f1"] == 0.0  # scored against "blue sky"
+    assert rows[1]["control_f1"] == 0.0  # scored against "red fox"
+    assert rows[2]["control_f1"] == 0.0  # no other reference of kind b
+
+
+def test_control_f1_matches_a_model_that_ignores_the_document():
+    rows = [{"kind": "a", "prediction": "the cat sat", "reference": reference}
+            for reference in ("the cat ran", "the dog sat", "a cat sat")]
+    add_control_f1(rows)
+    own = [score(row["prediction"], row["reference"])[2] for row in rows]
+    control = [row["control_f1"] for row in rows]
+    assert sum(control) / 3 == pytest.approx(sum(own) / 3)
