@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -77,10 +78,18 @@ def run_photon(*args, env: dict | None = None, timeout: float = 120) -> subproce
                           text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; Python then
+    # installs no KeyboardInterrupt handler, so the Ctrl+C tests would hang when the suite itself
+    # runs in the background (`.ci/run &`).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_photon(*args, env: dict | None = None) -> subprocess.Popen:
     """Start photon in its own session, so signals sent to it reach nothing else."""
     return subprocess.Popen(photon_command(*args), cwd=REPO, env=env or photon_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def wait_for_stderr(process: subprocess.Popen, text: str, timeout: float = 60) -> str:
