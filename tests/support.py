@@ -79,7 +79,7 @@ def run_photon(*args, env: dict | None = None, timeout: float = 120) -> subproce
 
 
 def _default_sigint() -> None:
-    # A shell starts background jobs with SIGINT ignored, and children inherit that; Python then
+    # A shell starts background jobs with SIGINT ignored, and children inherit that. Python then
     # installs no KeyboardInterrupt handler, so the Ctrl+C tests would hang when the suite itself
     # runs in the background (`.ci/run &`).
     signal.signal(signal.SIGINT, signal.SIG_DFL)

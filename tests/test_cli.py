@@ -212,7 +212,8 @@ def test_eval_reports_repeat_loss(tiny_dir, document):
     assert result.exit_code == 0, result.output
     repeat = json.loads(result.stdout)["repeat"]
     assert repeat["tokens"] == 32
-    assert repeat["first"] > 0 and repeat["second"] > 0
+    assert repeat["first"] > 0
+    assert repeat["second"] > 0
 
 
 def test_repeat_loss_scores_a_perfect_copier_near_zero():

@@ -423,7 +423,7 @@ def test_packed_rows_hold_several_samples(packed_rows):
     assert {record["row"] for record in records} == set(range(len(data)))
 
 
-def test_packed_samples_start_on_unit_with_answer_on_unit(packed_rows, tokenizer):
+def test_packed_samples_align_to_units(packed_rows, tokenizer):
     data, records = packed_rows
     for record in records:
         row, offset = data[record["row"]], record["offset"]
