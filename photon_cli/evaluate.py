@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from photon_cli.engine import Document, Engine
 
+REPEAT_PASSAGE_TOKENS = 1024  # the passage read twice is at most this long, whatever the window
+
 
 @torch.no_grad()
 def evaluate_document(engine: Engine, document: Document, context: int | None = None,
@@ -38,7 +40,7 @@ def evaluate_document(engine: Engine, document: Document, context: int | None = 
                    for a, b in zip(edges, edges[1:]) if b > a]
     return {"document": document.name, "tokens": n_windows * context, "context": context,
             "windows": n_windows, "loss": loss, "perplexity": math.exp(loss), "by_position": by_position,
-            "repeat": repeat_loss(engine, tokens[:4, :context // 2])}
+            "repeat": repeat_loss(engine, tokens[:4, :min(context // 2, REPEAT_PASSAGE_TOKENS)])}
 
 
 @torch.no_grad()
@@ -52,10 +54,11 @@ def repeat_loss(engine: Engine, passages: torch.Tensor) -> dict:
     length = passages.shape[1] // engine.unit * engine.unit
     if length < 2 * engine.unit:
         return {}
-    passages = passages[:, :length]
-    doubled = torch.cat([passages, passages], dim=1)
-    logits = engine.model.loss(doubled)["logits"][:, 1:].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), doubled[:, 1:].reshape(-1), reduction="none")
-    nll = nll.view(len(passages), -1)
-    return {"tokens": length, "first": nll[:, :length - 1].mean().item(),
-            "second": nll[:, length - 1 + engine.unit:].mean().item()}
+    first, second = [], []
+    for passage in passages[:, :length]:  # one at a time, like the windows above, to bound memory
+        doubled = torch.cat([passage, passage])[None]
+        logits = engine.model.loss(doubled)["logits"][0, 1:].float()
+        nll = F.cross_entropy(logits, doubled[0, 1:], reduction="none")
+        first.append(nll[:length - 1].mean().item())
+        second.append(nll[length - 1 + engine.unit:].mean().item())
+    return {"tokens": length, "first": sum(first) / len(first), "second": sum(second) / len(second)}

@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, on_metrics=None) -> Path:
     if not 0.0 <= cfg.mix_ratio <= 1.0:
         raise ValueError(f"mix_ratio {cfg.mix_ratio} must be between 0 and 1")
     if not cfg.answer_weight > 0.0:
-        raise ValueError(f"answer_weight {cfg.answer_weight} must be positive; 1 weights answers like other tokens")
+        raise ValueError(f"answer_weight {cfg.answer_weight} must be positive. Use 1 to weight answer tokens like the rest")
     train_data = TokenWindows(Path(cfg.data_dir) / "train.bin")
     mix_rows = TokenRows(Path(cfg.mix_file), cfg.context) if cfg.mix_file else None
     n_mix = round(cfg.batch_size * cfg.mix_ratio) if mix_rows else 0
